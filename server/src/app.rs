@@ -1,0 +1,245 @@
+//! Application state, the two routers (public and admin listener), and the
+//! server's run loop with graceful shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{HeaderName, HeaderValue};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use tokio::net::TcpListener;
+use tracing::Instrument;
+
+use crate::audit::{self, AuditContext, AuditEvent};
+use crate::clock::SharedClock;
+use crate::config::Config;
+use crate::keys::{self, KeyRing};
+use crate::store::{PoolSettings, Store};
+use crate::telemetry::metrics::{Listener, Metrics};
+
+#[derive(Clone, Debug)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub store: Store,
+    pub clock: SharedClock,
+    pub keys: Arc<KeyRing>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// What start-up did, for the operator.
+#[derive(Debug)]
+pub struct Startup {
+    pub state: AppState,
+    pub generated_keys: Vec<keys::KeyMeta>,
+    pub bootstrap_code: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("database: {0}")]
+    Store(#[from] crate::store::StoreError),
+    #[error("signing keys: {0}")]
+    Keys(#[from] keys::KeyError),
+}
+
+/// Connects, migrates, loads (or creates) signing keys and, on an empty user
+/// table, issues the bootstrap code.
+pub async fn start(config: Config, clock: SharedClock) -> Result<Startup, StartupError> {
+    let store = Store::connect(
+        &config.database.url,
+        &PoolSettings {
+            max_connections: config.database.max_connections,
+            ..PoolSettings::default()
+        },
+    )
+    .await?;
+    store.migrate().await?;
+    let loaded = keys::load_or_create(&config.keys.dir, clock.now())?;
+    if !loaded.generated.is_empty() {
+        let kids: Vec<_> = loaded
+            .generated
+            .iter()
+            .map(|k| serde_json::json!({"kid": k.kid, "alg": k.alg}))
+            .collect();
+        audit::record_alone(
+            &store,
+            clock.now_ms(),
+            &AuditContext::system("startup"),
+            AuditEvent::new("keys.generate", "keys").after(serde_json::json!({ "keys": kids })),
+        )
+        .await?;
+    }
+    let bootstrap_code =
+        crate::users::bootstrap::issue_code_if_needed(&store, clock.as_ref()).await?;
+    let state = AppState {
+        keys: Arc::new(KeyRing::new(config.keys.dir.clone(), loaded.set)),
+        config: Arc::new(config),
+        store,
+        clock,
+        metrics: Arc::new(Metrics::default()),
+    };
+    Ok(Startup {
+        state,
+        generated_keys: loaded.generated,
+        bootstrap_code,
+    })
+}
+
+/// Everything on the public listener (`issuer`).
+pub fn public_router(state: AppState) -> Router {
+    Router::new()
+        .merge(crate::ops::router())
+        .merge(crate::oidc::router())
+        .layer(middleware::from_fn_with_state(
+            (state.clone(), Listener::Public),
+            request_context,
+        ))
+        .with_state(state)
+}
+
+/// Everything on the internal admin listener (admin UI and admin API).
+pub fn admin_router(state: AppState) -> Router {
+    Router::new()
+        .merge(crate::ops::router())
+        .layer(middleware::from_fn_with_state(
+            (state.clone(), Listener::Admin),
+            request_context,
+        ))
+        .with_state(state)
+}
+
+pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The request id of the current request (ours, or the caller's if it is sane).
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+fn acceptable_request_id(v: &HeaderValue) -> Option<String> {
+    let s = v.to_str().ok()?;
+    let ok = !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    ok.then(|| s.to_string())
+}
+
+/// Assigns the request id (header, extension, log span) and counts the response.
+async fn request_context(
+    State((state, listener)): State<(AppState, Listener)>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let id = req
+        .headers()
+        .get(&REQUEST_ID)
+        .and_then(acceptable_request_id)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    req.extensions_mut().insert(RequestId(id.clone()));
+    let span = tracing::info_span!("request", request_id = %id, method = %req.method(), path = %req.uri().path());
+    let mut resp = next.run(req).instrument(span).await;
+    state
+        .metrics
+        .record_response(listener, resp.status().as_u16());
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        resp.headers_mut().insert(REQUEST_ID.clone(), value);
+    }
+    resp
+}
+
+/// Bound listeners, before serving.
+#[derive(Debug)]
+pub struct Bound {
+    public: TcpListener,
+    admin: TcpListener,
+    pub public_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+}
+
+pub async fn bind(config: &Config) -> std::io::Result<Bound> {
+    let public = TcpListener::bind(config.http.public_addr).await?;
+    let admin = TcpListener::bind(config.http.admin_addr).await?;
+    Ok(Bound {
+        public_addr: public.local_addr()?,
+        admin_addr: admin.local_addr()?,
+        public,
+        admin,
+    })
+}
+
+/// Serves both listeners until `shutdown` resolves, then drains in-flight
+/// requests before returning.
+pub async fn serve(
+    state: AppState,
+    bound: Bound,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = tx.send(true);
+    });
+    let reload = tokio::spawn(reload_keys_periodically(state.clone()));
+    let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let public = axum::serve(
+        bound.public,
+        public_router(state.clone()).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(wait(rx.clone()));
+    let admin = axum::serve(
+        bound.admin,
+        admin_router(state.clone()).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(wait(rx));
+    let result = tokio::try_join!(public.into_future(), admin.into_future());
+    reload.abort();
+    state.store.close().await;
+    result.map(|_| ())
+}
+
+async fn reload_keys_periodically(state: AppState) {
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    loop {
+        tick.tick().await;
+        match state.keys.reload_if_changed() {
+            Ok(true) => {
+                state
+                    .metrics
+                    .key_reloads
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::info!("signing keys reloaded");
+            }
+            Ok(false) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "cannot reload signing keys; keeping the current set")
+            }
+        }
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutdown requested; draining in-flight requests");
+}

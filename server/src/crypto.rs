@@ -1,0 +1,42 @@
+//! Small shared primitives for secrets: generation, hashing, comparison.
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+/// `prefix` + 256 random bits, base64url. The prefix lets secret scanners
+/// recognise a leaked value.
+pub fn random_secret(prefix: &str) -> String {
+    let mut bytes = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    format!("{prefix}{}", URL_SAFE_NO_PAD.encode(bytes))
+}
+
+/// Random id with 128 bits of entropy, base64url, no prefix.
+pub fn random_id() -> String {
+    let mut bytes = [0u8; 16];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// Lower-case hex SHA-256: how high-entropy secrets are stored. (Passwords
+/// use argon2id; a 256-bit random secret needs no stretching, and this keeps
+/// the introspection hot path cheap.)
+pub fn sha256_hex(data: &str) -> String {
+    hex::encode(Sha256::digest(data.as_bytes()))
+}
+
+/// Compares a presented secret with a stored SHA-256 hex digest in constant time.
+pub fn secret_matches(presented: &str, stored_hash_hex: &str) -> bool {
+    let presented = sha256_hex(presented);
+    presented
+        .as_bytes()
+        .ct_eq(stored_hash_hex.as_bytes())
+        .into()
+}
+
+pub fn b64url(data: &[u8]) -> String {
+    URL_SAFE_NO_PAD.encode(data)
+}

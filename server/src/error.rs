@@ -1,0 +1,62 @@
+//! The HTTP edge for non-OAuth endpoints: one error type, rendered as
+//! `{"error", "message"}` with the right status. Internal errors are logged
+//! with the request id and never shown.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+
+use crate::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("authentication required")]
+    Unauthorized,
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("the service is temporarily unavailable; try again shortly")]
+    Unavailable,
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl AppError {
+    fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            AppError::BadRequest(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
+            AppError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            AppError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            AppError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            AppError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            AppError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable"),
+            AppError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "server_error"),
+        }
+    }
+}
+
+impl From<StoreError> for AppError {
+    fn from(e: StoreError) -> Self {
+        if e.is_unavailable() {
+            AppError::Unavailable
+        } else {
+            AppError::Internal(e.to_string())
+        }
+    }
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        if let AppError::Internal(detail) = &self {
+            tracing::error!(error = %detail, "internal error");
+        }
+        let body = serde_json::json!({ "error": code, "message": self.to_string() });
+        (status, Json(body)).into_response()
+    }
+}

@@ -1,0 +1,18 @@
+//! Portcullis: an OAuth 2.0 / OpenID Connect authorization server for
+//! high-risk domains. See `shared/DESIGN.md` and the README.
+
+pub mod app;
+pub mod audit;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod crypto;
+pub mod error;
+pub mod keys;
+pub mod oauth;
+pub mod oidc;
+pub mod ops;
+pub mod permissions;
+pub mod store;
+pub mod telemetry;
+pub mod users;

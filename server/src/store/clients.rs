@@ -1,0 +1,103 @@
+use super::{Store, StoreError, StoreResult, Tx};
+use crate::oauth::clients::{Client, GrantType};
+
+const COLUMNS: &str = "id, name, secret_hash, is_public, redirect_uris, grant_types, scopes, \
+     backchannel_logout_uri, first_party, may_introspect, exchange_audiences, id_token_alg, \
+     created_at, updated_at";
+
+#[derive(sqlx::FromRow)]
+struct ClientRow {
+    id: String,
+    name: String,
+    secret_hash: Option<String>,
+    is_public: i64,
+    redirect_uris: String,
+    grant_types: String,
+    scopes: String,
+    backchannel_logout_uri: Option<String>,
+    first_party: i64,
+    may_introspect: i64,
+    exchange_audiences: String,
+    id_token_alg: String,
+    created_at: i64,
+    updated_at: i64,
+}
+
+impl TryFrom<ClientRow> for Client {
+    type Error = StoreError;
+
+    fn try_from(r: ClientRow) -> Result<Self, StoreError> {
+        let list = |text: &str, what: &str| -> Result<Vec<String>, StoreError> {
+            serde_json::from_str(text)
+                .map_err(|e| StoreError::Corrupt(format!("client {} {what}: {e}", r.id)))
+        };
+        let grant_types = list(&r.grant_types, "grant_types")?
+            .iter()
+            .map(|g| {
+                GrantType::parse(g)
+                    .ok_or_else(|| StoreError::Corrupt(format!("client {} grant {g:?}", r.id)))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Client {
+            redirect_uris: list(&r.redirect_uris, "redirect_uris")?,
+            exchange_audiences: list(&r.exchange_audiences, "exchange_audiences")?,
+            grant_types,
+            scopes: r
+                .scopes
+                .split(' ')
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect(),
+            id: r.id,
+            name: r.name,
+            is_public: r.is_public != 0,
+            backchannel_logout_uri: r.backchannel_logout_uri,
+            first_party: r.first_party != 0,
+            may_introspect: r.may_introspect != 0,
+            id_token_alg: r.id_token_alg,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+            secret_hash: r.secret_hash,
+        })
+    }
+}
+
+fn json_list<T: serde::Serialize>(items: &[T]) -> String {
+    serde_json::to_string(items).unwrap_or_else(|_| "[]".to_string())
+}
+
+pub async fn insert(tx: &mut Tx, c: &Client) -> StoreResult<()> {
+    let grants: Vec<&str> = c.grant_types.iter().map(|g| g.as_str()).collect();
+    sqlx::query(
+        "INSERT INTO clients (id, name, secret_hash, is_public, redirect_uris, grant_types, scopes, \
+         backchannel_logout_uri, first_party, may_introspect, exchange_audiences, id_token_alg, \
+         created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+    )
+    .bind(&c.id)
+    .bind(&c.name)
+    .bind(&c.secret_hash)
+    .bind(i64::from(c.is_public))
+    .bind(json_list(&c.redirect_uris))
+    .bind(json_list(&grants))
+    .bind(c.scopes.join(" "))
+    .bind(&c.backchannel_logout_uri)
+    .bind(i64::from(c.first_party))
+    .bind(i64::from(c.may_introspect))
+    .bind(json_list(&c.exchange_audiences))
+    .bind(&c.id_token_alg)
+    .bind(c.created_at)
+    .bind(c.updated_at)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+pub async fn find(store: &Store, id: &str) -> StoreResult<Option<Client>> {
+    let sql = format!("SELECT {COLUMNS} FROM clients WHERE id = $1");
+    let row: Option<ClientRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(id)
+        .fetch_optional(store.reader())
+        .await?;
+    row.map(Client::try_from).transpose()
+}

@@ -1,0 +1,258 @@
+//! The one module that speaks SQL. Both backends go through sqlx's `Any`
+//! driver so that one SQL text (with `$n` placeholders, which SQLite accepts
+//! too) serves SQLite and PostgreSQL; where the dialects differ, the query is
+//! chosen by [`Backend`] right here and nowhere else.
+//!
+//! Column conventions shared by both schemas: ids are TEXT, instants are
+//! BIGINT unix seconds (milliseconds where named `*_ms`), JSON is TEXT,
+//! flags are INTEGER 0/1 (decoded through row structs here).
+
+pub mod audit;
+pub mod clients;
+pub mod roles;
+pub mod users;
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::{Any, AnyPool, ConnectOptions, Executor, Transaction};
+
+/// Which database engine a [`Store`] talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("unsupported database URL {0:?}: expected sqlite://… or postgres://…")]
+    UnsupportedUrl(String),
+    #[error("cannot create the database directory {path}: {source}")]
+    CreateDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("a row with the same {0} already exists")]
+    Conflict(&'static str),
+    #[error("the database is unavailable: {0}")]
+    Unavailable(String),
+    #[error("stored data is inconsistent: {0}")]
+    Corrupt(String),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("database error: {0}")]
+    Database(sqlx::Error),
+}
+
+/// Names of UNIQUE / PRIMARY KEY constraints mapped to what they protect.
+/// SQLite reports the columns (`users.username`), PostgreSQL the constraint
+/// name; both are listed so a conflict reads the same on either backend.
+const UNIQUE_CONSTRAINTS: &[(&str, &str)] = &[
+    ("users.username", "username"),
+    ("users_username_key", "username"),
+    ("clients.id", "client id"),
+    ("clients_pkey", "client id"),
+    ("user_roles.user_id, user_roles.role", "role grant"),
+    ("user_roles_pkey", "role grant"),
+    ("audit_log.seq", "audit sequence number"),
+    ("audit_log_pkey", "audit sequence number"),
+    ("bootstrap_codes.id", "bootstrap code"),
+    ("bootstrap_codes_pkey", "bootstrap code"),
+];
+
+impl From<sqlx::Error> for StoreError {
+    fn from(err: sqlx::Error) -> Self {
+        match &err {
+            sqlx::Error::Database(db) if db.is_unique_violation() => {
+                let text = format!("{} {}", db.constraint().unwrap_or(""), db.message());
+                for (needle, what) in UNIQUE_CONSTRAINTS {
+                    if text.contains(needle) {
+                        return StoreError::Conflict(what);
+                    }
+                }
+                StoreError::Conflict("key")
+            }
+            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
+                StoreError::Unavailable(err.to_string())
+            }
+            _ => StoreError::Database(err),
+        }
+    }
+}
+
+impl StoreError {
+    /// True when the caller should answer 503 rather than 500.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_))
+    }
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Connection pools for one database. SQLite gets a single-connection writer
+/// pool (SQLite serialises writers anyway; one writer avoids `SQLITE_BUSY`
+/// lock-upgrade failures) beside a reader pool; PostgreSQL uses one pool.
+#[derive(Clone, Debug)]
+pub struct Store {
+    backend: Backend,
+    reader: AnyPool,
+    writer: AnyPool,
+}
+
+pub type Tx = Transaction<'static, Any>;
+
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    pub max_connections: u32,
+    pub acquire_timeout: Duration,
+}
+
+impl Default for PoolSettings {
+    fn default() -> Self {
+        PoolSettings {
+            max_connections: 16,
+            acquire_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl Store {
+    pub async fn connect(url: &str, settings: &PoolSettings) -> StoreResult<Store> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Backend::Postgres
+        } else {
+            return Err(StoreError::UnsupportedUrl(url.to_string()));
+        };
+        let options = AnyConnectOptions::from_str(url)?.disable_statement_logging();
+        match backend {
+            Backend::Postgres => {
+                let pool = AnyPoolOptions::new()
+                    .max_connections(settings.max_connections)
+                    .acquire_timeout(settings.acquire_timeout)
+                    .connect_with(options)
+                    .await?;
+                Ok(Store {
+                    backend,
+                    reader: pool.clone(),
+                    writer: pool,
+                })
+            }
+            Backend::Sqlite => {
+                let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+                if !in_memory {
+                    ensure_sqlite_dir(url)?;
+                }
+                let writer = sqlite_pool(options.clone(), 1, settings).await?;
+                // A shared-cache in-memory database uses table locks that a
+                // busy timeout does not wait for: keep it on one connection.
+                let reader = if in_memory {
+                    writer.clone()
+                } else {
+                    sqlite_pool(options, settings.max_connections, settings).await?
+                };
+                Ok(Store {
+                    backend,
+                    reader,
+                    writer,
+                })
+            }
+        }
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Pool for reads outside a transaction.
+    pub(crate) fn reader(&self) -> &AnyPool {
+        &self.reader
+    }
+
+    /// Starts a write transaction. On SQLite it takes the write lock at once
+    /// (`BEGIN IMMEDIATE`), so a read-modify-write can never fail half-way
+    /// because another process wrote in between.
+    pub async fn begin(&self) -> StoreResult<Tx> {
+        let tx = match self.backend {
+            Backend::Sqlite => self.writer.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.writer.begin().await?,
+        };
+        Ok(tx)
+    }
+
+    pub async fn migrate(&self) -> StoreResult<()> {
+        let migrator = match self.backend {
+            Backend::Sqlite => sqlx::migrate!("../migrations/sqlite"),
+            Backend::Postgres => sqlx::migrate!("../migrations/postgres"),
+        };
+        migrator.run(&self.writer).await?;
+        Ok(())
+    }
+
+    /// Readiness probe: one round trip to the database.
+    pub async fn ping(&self) -> StoreResult<()> {
+        sqlx::query("SELECT 1").execute(&self.reader).await?;
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        self.writer.close().await;
+        self.reader.close().await;
+    }
+}
+
+async fn sqlite_pool(
+    options: AnyConnectOptions,
+    max: u32,
+    settings: &PoolSettings,
+) -> StoreResult<AnyPool> {
+    let pool = AnyPoolOptions::new()
+        .max_connections(max)
+        .acquire_timeout(settings.acquire_timeout)
+        .after_connect(|conn, _meta| {
+            Box::pin(async move {
+                // WAL lets readers run beside the writer; synchronous=FULL makes
+                // every acknowledged commit durable across power loss.
+                conn.execute("PRAGMA journal_mode = WAL").await?;
+                conn.execute("PRAGMA synchronous = FULL").await?;
+                conn.execute("PRAGMA foreign_keys = ON").await?;
+                conn.execute("PRAGMA busy_timeout = 5000").await?;
+                Ok(())
+            })
+        })
+        .connect_with(options)
+        .await?;
+    Ok(pool)
+}
+
+/// `sqlite://data/portcullis.db?mode=rwc` → create `data/` so a fresh clone
+/// starts without a setup step.
+fn ensure_sqlite_dir(url: &str) -> StoreResult<()> {
+    let rest = url
+        .trim_start_matches("sqlite://")
+        .trim_start_matches("sqlite:");
+    let path = rest.split('?').next().unwrap_or("");
+    if let Some(parent) = Path::new(path).parent()
+        && !parent.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(parent).map_err(|source| StoreError::CreateDir {
+            path: parent.display().to_string(),
+            source,
+        })?;
+    }
+    Ok(())
+}

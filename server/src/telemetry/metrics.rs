@@ -1,0 +1,68 @@
+//! Prometheus text exposition without a metrics framework: a fixed set of
+//! atomic counters is all the server needs, and it keeps the hot path cheap.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Status classes tracked per listener.
+const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+#[derive(Debug, Default)]
+pub struct Metrics {
+    public_responses: [AtomicU64; 5],
+    admin_responses: [AtomicU64; 5],
+    pub key_reloads: AtomicU64,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum Listener {
+    Public,
+    Admin,
+}
+
+impl Metrics {
+    pub fn record_response(&self, listener: Listener, status: u16) {
+        let idx = usize::from((status / 100).clamp(1, 5) - 1);
+        let counters = match listener {
+            Listener::Public => &self.public_responses,
+            Listener::Admin => &self.admin_responses,
+        };
+        counters[idx].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn render(&self, db_up: bool, signing_keys: usize) -> String {
+        let mut out = String::new();
+        out.push_str(
+            "# HELP portcullis_http_responses_total HTTP responses by listener and status class.\n",
+        );
+        out.push_str("# TYPE portcullis_http_responses_total counter\n");
+        for (listener, counters) in [
+            ("public", &self.public_responses),
+            ("admin", &self.admin_responses),
+        ] {
+            for (class, counter) in CLASSES.iter().zip(counters.iter()) {
+                let _ = writeln!(
+                    out,
+                    "portcullis_http_responses_total{{listener=\"{listener}\",class=\"{class}\"}} {}",
+                    counter.load(Ordering::Relaxed)
+                );
+            }
+        }
+        out.push_str("# HELP portcullis_database_up Whether the last readiness query succeeded.\n");
+        out.push_str("# TYPE portcullis_database_up gauge\n");
+        let _ = writeln!(out, "portcullis_database_up {}", u8::from(db_up));
+        out.push_str("# HELP portcullis_signing_keys Signing keys currently published in JWKS.\n");
+        out.push_str("# TYPE portcullis_signing_keys gauge\n");
+        let _ = writeln!(out, "portcullis_signing_keys {signing_keys}");
+        out.push_str(
+            "# HELP portcullis_key_reloads_total Times the key set was reloaded from disk.\n",
+        );
+        out.push_str("# TYPE portcullis_key_reloads_total counter\n");
+        let _ = writeln!(
+            out,
+            "portcullis_key_reloads_total {}",
+            self.key_reloads.load(Ordering::Relaxed)
+        );
+        out
+    }
+}

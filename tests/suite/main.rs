@@ -1,0 +1,11 @@
+//! The whole test suite in one binary: router tests (`oneshot` on in-memory
+//! SQLite), black-box tests that start the real `portcullis` binary, and the
+//! same tests on PostgreSQL when `PORTCULLIS_TEST_PG` names a server
+//! (`.ci/run` sets it). See `support` for the harness.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[macro_use]
+mod support;
+
+mod foundation;
