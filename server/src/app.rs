@@ -93,11 +93,25 @@ pub fn public_router(state: AppState) -> Router {
     Router::new()
         .merge(crate::ops::router())
         .merge(crate::oidc::router())
+        .merge(crate::oauth::router())
+        .merge(crate::sessions::login::router())
+        .route("/static/portcullis.css", axum::routing::get(stylesheet))
+        .layer(middleware::from_fn(crate::web::security_headers))
         .layer(middleware::from_fn_with_state(
             (state.clone(), Listener::Public),
             request_context,
         ))
         .with_state(state)
+}
+
+async fn stylesheet() -> impl axum::response::IntoResponse {
+    (
+        [
+            (axum::http::header::CONTENT_TYPE, "text/css; charset=utf-8"),
+            (axum::http::header::CACHE_CONTROL, "public, max-age=3600"),
+        ],
+        crate::web::html::STYLESHEET,
+    )
 }
 
 /// Everything on the internal admin listener (admin UI and admin API).

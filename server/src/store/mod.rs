@@ -9,7 +9,10 @@
 
 pub mod audit;
 pub mod clients;
+pub mod oauth;
 pub mod roles;
+pub mod sessions;
+pub mod tokens;
 pub mod users;
 
 use std::path::Path;
@@ -181,6 +184,11 @@ impl Store {
     /// Pool for reads outside a transaction.
     pub(crate) fn reader(&self) -> &AnyPool {
         &self.reader
+    }
+
+    /// Pool for single-statement writes outside a transaction.
+    pub(crate) fn writer(&self) -> &AnyPool {
+        &self.writer
     }
 
     /// Starts a write transaction. On SQLite it takes the write lock at once

@@ -156,3 +156,12 @@ pub async fn consume_bootstrap_code(tx: &mut Tx, code_hash: &str, now: i64) -> S
     .await?;
     Ok(done.rows_affected() == 1)
 }
+
+pub async fn find_by_id(store: &Store, id: &str) -> StoreResult<Option<User>> {
+    let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1");
+    let row: Option<UserRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(id)
+        .fetch_optional(store.reader())
+        .await?;
+    Ok(row.map(User::from))
+}

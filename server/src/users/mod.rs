@@ -224,3 +224,42 @@ pub async fn set_locked(
     tx.commit().await.map_err(StoreError::from)?;
     Ok(true)
 }
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// Unknown user, wrong password or locked account: one answer for all,
+    /// so the login form cannot be used to enumerate accounts.
+    #[error("invalid username or password")]
+    InvalidCredentials,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A valid argon2id hash of a random password, verified against when the
+/// user does not exist so both paths cost the same.
+fn dummy_hash() -> &'static str {
+    static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    DUMMY.get_or_init(|| hash_password(&crate::crypto::random_id()).unwrap_or_default())
+}
+
+/// Checks a username and password. argon2 runs on the blocking pool.
+pub async fn authenticate(store: &Store, username: &str, password: &str) -> Result<User, AuthError> {
+    let found = match normalize_username(username) {
+        Ok(name) if password.len() <= MAX_PASSWORD_BYTES => {
+            crate::store::users::find_with_password(store, &name).await?
+        }
+        _ => None,
+    };
+    let (user, hash) = match found {
+        Some((user, hash)) => (Some(user), hash),
+        None => (None, dummy_hash().to_string()),
+    };
+    let password = password.to_string();
+    let ok = tokio::task::spawn_blocking(move || verify_password(&password, &hash))
+        .await
+        .unwrap_or(false);
+    match user {
+        Some(user) if ok && !user.locked => Ok(user),
+        _ => Err(AuthError::InvalidCredentials),
+    }
+}

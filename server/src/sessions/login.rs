@@ -1,0 +1,125 @@
+//! `/login`: the username/password form. On success the browser gets a
+//! fresh session cookie and continues the pending authorization request.
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde::Deserialize;
+
+use crate::app::AppState;
+use crate::users::{self, AuthError};
+use crate::web::form::Params;
+use crate::web::html::{self, escape};
+use crate::web::{csrf, user_agent};
+
+use super::{ACR_PASSWORD, Authentication};
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/login", get(show).post(submit))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct LoginQuery {
+    request: Option<String>,
+}
+
+/// Pending authorization request ids are our own random ids; anything else
+/// is dropped rather than echoed into a page or a redirect.
+pub fn valid_request_id(id: &str) -> bool {
+    (16..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b))
+}
+
+async fn show(State(state): State<AppState>, headers: HeaderMap, Query(q): Query<LoginQuery>) -> Response {
+    let request = q.request.filter(|r| valid_request_id(r));
+    form(&state, &headers, request.as_deref(), None, StatusCode::OK)
+}
+
+fn form(
+    state: &AppState,
+    headers: &HeaderMap,
+    request: Option<&str>,
+    error: Option<&str>,
+    status: StatusCode,
+) -> Response {
+    let policy = super::cookie_policy(state);
+    let (token, set_cookie) = csrf::token_for_form(&policy, headers);
+    let mut body = String::new();
+    if let Some(e) = error {
+        body.push_str(&format!("<p class=\"error\" role=\"alert\">{}</p>", escape(e)));
+    }
+    body.push_str("<form method=\"post\" action=\"/login\">");
+    body.push_str(&html::hidden(csrf::CSRF_FIELD, &token));
+    if let Some(r) = request {
+        body.push_str(&html::hidden("request", r));
+    }
+    body.push_str(
+        "<label for=\"username\">Username</label>\
+         <input type=\"text\" id=\"username\" name=\"username\" autocomplete=\"username\" required autofocus>\
+         <label for=\"password\">Password</label>\
+         <input type=\"password\" id=\"password\" name=\"password\" autocomplete=\"current-password\" required>\
+         <button type=\"submit\">Sign in</button></form>",
+    );
+    let mut resp = html::page(status, "Sign in", &body);
+    if let Some(c) = set_cookie {
+        resp.headers_mut().append(header::SET_COOKIE, c);
+    }
+    resp
+}
+
+async fn submit(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Ok(params) = Params::parse(&body) else {
+        return html::error_page(StatusCode::BAD_REQUEST, "The form could not be read.");
+    };
+    let request = params.field("request").filter(|r| valid_request_id(r));
+    let policy = super::cookie_policy(&state);
+    if !csrf::verify(&policy, &headers, params.field(csrf::CSRF_FIELD)) {
+        return form(
+            &state,
+            &headers,
+            request,
+            Some("invalid or missing CSRF token: reload the page and try again"),
+            StatusCode::BAD_REQUEST,
+        );
+    }
+    let username = params.field("username").unwrap_or("");
+    let password = params.field("password").unwrap_or("");
+    let user = match users::authenticate(&state.store, username, password).await {
+        Ok(user) => user,
+        Err(AuthError::InvalidCredentials) => {
+            tracing::info!(event = "login.failed", "login failed");
+            return form(&state, &headers, request, Some("invalid username or password"), StatusCode::UNAUTHORIZED);
+        }
+        Err(AuthError::Store(e)) => return crate::error::AppError::from(e).into_response(),
+    };
+    let current = match super::current(&state, &headers).await {
+        Ok(s) => s,
+        Err(e) => return crate::error::AppError::from(e).into_response(),
+    };
+    let auth = Authentication {
+        user_id: user.id.clone(),
+        amr: vec!["pwd".to_string()],
+        acr: ACR_PASSWORD.to_string(),
+        ip: Some(peer.ip().to_string()),
+        user_agent: user_agent(&headers),
+    };
+    let (session, secret) = match super::login(&state, current.as_ref(), auth).await {
+        Ok(x) => x,
+        Err(e) => return crate::error::AppError::from(e).into_response(),
+    };
+    tracing::info!(event = "login.succeeded", user_id = %user.id, sid = %session.id, "login succeeded");
+    let location = match request {
+        Some(r) => format!("/authorize/resume?request={r}"),
+        None => "/login/done".to_string(),
+    };
+    let mut resp = (StatusCode::SEE_OTHER, [(header::LOCATION, location)]).into_response();
+    resp.headers_mut().append(header::SET_COOKIE, super::set_cookie(&state, &secret));
+    resp
+}

@@ -1,0 +1,129 @@
+//! Server-side login sessions. The browser holds a random secret in a
+//! cookie; only its SHA-256 is stored. The session's public id is the `sid`
+//! claim that links every token issued through it.
+
+pub mod login;
+
+use serde::Serialize;
+
+use crate::app::AppState;
+use crate::crypto;
+use crate::store::StoreError;
+use crate::web::cookies::{CookiePolicy, SameSite};
+
+pub const SESSION_COOKIE: &str = "pc_session";
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Session {
+    pub id: String,
+    pub user_id: String,
+    pub created_at: i64,
+    pub last_seen_at: i64,
+    pub auth_time: i64,
+    pub amr: Vec<String>,
+    pub acr: String,
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+    pub ended_at: Option<i64>,
+}
+
+/// How the person authenticated, recorded at login.
+#[derive(Debug, Clone)]
+pub struct Authentication {
+    pub user_id: String,
+    pub amr: Vec<String>,
+    pub acr: String,
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+}
+
+/// Authentication context class for password-only logins (ISO/IEC 29115 level 1).
+pub const ACR_PASSWORD: &str = "urn:portcullis:acr:pwd";
+
+/// Starts a session, or re-authenticates the caller's current session of
+/// the same user. Either way a new cookie secret is issued, so a secret
+/// planted before login is worthless afterwards (no fixation), while the
+/// session id (`sid`) of a re-authenticated session stays the same.
+pub async fn login(
+    state: &AppState,
+    current: Option<&Session>,
+    auth: Authentication,
+) -> Result<(Session, String), StoreError> {
+    let secret = crypto::random_secret("pcsid_");
+    let secret_hash = crypto::sha256_hex(&secret);
+    let now = state.clock.now();
+    let session = match current.filter(|s| s.user_id == auth.user_id) {
+        Some(existing) => {
+            crate::store::sessions::reauthenticate(
+                &state.store,
+                &existing.id,
+                &secret_hash,
+                now,
+                &auth.amr,
+                &auth.acr,
+            )
+            .await?;
+            Session {
+                auth_time: now,
+                last_seen_at: now,
+                amr: auth.amr,
+                acr: auth.acr,
+                ..existing.clone()
+            }
+        }
+        None => {
+            let session = Session {
+                id: crypto::random_id(),
+                user_id: auth.user_id,
+                created_at: now,
+                last_seen_at: now,
+                auth_time: now,
+                amr: auth.amr,
+                acr: auth.acr,
+                ip: auth.ip,
+                user_agent: auth.user_agent,
+                ended_at: None,
+            };
+            crate::store::sessions::insert(&state.store, &session, &secret_hash).await?;
+            session
+        }
+    };
+    Ok((session, secret))
+}
+
+pub fn cookie_policy(state: &AppState) -> CookiePolicy {
+    CookiePolicy::for_issuer(&state.config.issuer)
+}
+
+pub fn set_cookie(state: &AppState, secret: &str) -> axum::http::HeaderValue {
+    cookie_policy(state).set(SESSION_COOKIE, secret, None, SameSite::Lax)
+}
+
+/// The live session named by the request's cookie: not ended, within the
+/// idle and absolute timeouts. Touches `last_seen_at` at most once a minute.
+pub async fn current(state: &AppState, headers: &axum::http::HeaderMap) -> Result<Option<Session>, StoreError> {
+    let Some(secret) = cookie_policy(state).get(headers, SESSION_COOKIE) else {
+        return Ok(None);
+    };
+    if !secret.starts_with("pcsid_") || secret.len() > 100 {
+        return Ok(None);
+    }
+    let Some(session) =
+        crate::store::sessions::find_by_secret_hash(&state.store, &crypto::sha256_hex(&secret)).await?
+    else {
+        return Ok(None);
+    };
+    if session.ended_at.is_some() {
+        return Ok(None);
+    }
+    let now = state.clock.now();
+    let idle = i64::try_from(state.config.sessions.idle_timeout.as_secs()).unwrap_or(i64::MAX);
+    let absolute = i64::try_from(state.config.sessions.absolute_timeout.as_secs()).unwrap_or(i64::MAX);
+    if now.saturating_sub(session.last_seen_at) > idle || now.saturating_sub(session.created_at) > absolute {
+        return Ok(None);
+    }
+    if now - session.last_seen_at >= 60 {
+        crate::store::sessions::touch(&state.store, &session.id, now).await?;
+    }
+    Ok(Some(session))
+}

@@ -1,0 +1,141 @@
+//! Opaque access and refresh tokens (stored as SHA-256) and their families.
+
+use super::{Store, StoreResult, Tx};
+use crate::tokens::{AccessTokenRecord, RefreshTokenRecord};
+
+pub async fn insert_family(
+    tx: &mut Tx,
+    id: &str,
+    client_id: &str,
+    user_id: Option<&str>,
+    session_id: Option<&str>,
+    now: i64,
+) -> StoreResult<()> {
+    sqlx::query(
+        "INSERT INTO token_families (id, client_id, user_id, session_id, created_at) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(id)
+    .bind(client_id)
+    .bind(user_id)
+    .bind(session_id)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+pub async fn insert_access(tx: &mut Tx, t: &AccessTokenRecord, token_hash: &str) -> StoreResult<()> {
+    sqlx::query(
+        "INSERT INTO access_tokens (token_hash, id, client_id, user_id, session_id, family_id, scope, audience, \
+         auth_time, amr, acr, issued_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+    )
+    .bind(token_hash)
+    .bind(&t.id)
+    .bind(&t.client_id)
+    .bind(&t.user_id)
+    .bind(&t.session_id)
+    .bind(&t.family_id)
+    .bind(&t.scope)
+    .bind(&t.audience)
+    .bind(t.auth_time)
+    .bind(&t.amr)
+    .bind(&t.acr)
+    .bind(t.issued_at)
+    .bind(t.expires_at)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+pub async fn insert_refresh(tx: &mut Tx, t: &RefreshTokenRecord) -> StoreResult<()> {
+    sqlx::query(
+        "INSERT INTO refresh_tokens (token_hash, family_id, client_id, user_id, session_id, scope, nonce, \
+         auth_time, amr, acr, issued_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+    )
+    .bind(&t.token_hash)
+    .bind(&t.family_id)
+    .bind(&t.client_id)
+    .bind(&t.user_id)
+    .bind(&t.session_id)
+    .bind(&t.scope)
+    .bind(&t.nonce)
+    .bind(t.auth_time)
+    .bind(&t.amr)
+    .bind(&t.acr)
+    .bind(t.issued_at)
+    .bind(t.expires_at)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+const REFRESH_COLUMNS: &str = "r.token_hash, r.family_id, r.client_id, r.user_id, r.session_id, r.scope, \
+     r.nonce, r.auth_time, r.amr, r.acr, r.issued_at, r.expires_at, r.used_at, r.revoked_at, \
+     f.revoked_at AS family_revoked_at, s.ended_at AS session_ended_at";
+
+pub async fn find_refresh_for_update(
+    store: &Store,
+    tx: &mut Tx,
+    token_hash: &str,
+) -> StoreResult<Option<RefreshTokenRecord>> {
+    let lock = match store.backend() {
+        super::Backend::Postgres => " FOR UPDATE OF r",
+        super::Backend::Sqlite => "",
+    };
+    let sql = format!(
+        "SELECT {REFRESH_COLUMNS} FROM refresh_tokens r JOIN token_families f ON f.id = r.family_id \
+         LEFT JOIN sessions s ON s.id = r.session_id WHERE r.token_hash = $1{lock}"
+    );
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(token_hash)
+        .fetch_optional(&mut **tx)
+        .await?)
+}
+
+/// Rotates a refresh token out; false when it was already used.
+pub async fn mark_refresh_used(tx: &mut Tx, token_hash: &str, now: i64) -> StoreResult<bool> {
+    let done = sqlx::query("UPDATE refresh_tokens SET used_at = $1 WHERE token_hash = $2 AND used_at IS NULL")
+        .bind(now)
+        .bind(token_hash)
+        .execute(&mut **tx)
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Revokes a family and every token in it.
+pub async fn revoke_family(tx: &mut Tx, family_id: &str, now: i64, reason: &str) -> StoreResult<()> {
+    sqlx::query(
+        "UPDATE token_families SET revoked_at = $1, revoked_reason = $2 WHERE id = $3 AND revoked_at IS NULL",
+    )
+    .bind(now)
+    .bind(reason)
+    .bind(family_id)
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query("UPDATE refresh_tokens SET revoked_at = $1 WHERE family_id = $2 AND revoked_at IS NULL")
+        .bind(now)
+        .bind(family_id)
+        .execute(&mut **tx)
+        .await?;
+    sqlx::query("UPDATE access_tokens SET revoked_at = $1 WHERE family_id = $2 AND revoked_at IS NULL")
+        .bind(now)
+        .bind(family_id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+const ACCESS_COLUMNS: &str = "a.id, a.client_id, a.user_id, a.session_id, a.family_id, a.scope, a.audience, \
+     a.auth_time, a.amr, a.acr, a.issued_at, a.expires_at, a.revoked_at, \
+     f.revoked_at AS family_revoked_at, s.ended_at AS session_ended_at";
+
+pub async fn find_access(store: &Store, token_hash: &str) -> StoreResult<Option<AccessTokenRecord>> {
+    let sql = format!(
+        "SELECT {ACCESS_COLUMNS} FROM access_tokens a LEFT JOIN token_families f ON f.id = a.family_id \
+         LEFT JOIN sessions s ON s.id = a.session_id WHERE a.token_hash = $1"
+    );
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(token_hash)
+        .fetch_optional(store.reader())
+        .await?)
+}

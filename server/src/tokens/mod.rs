@@ -1,0 +1,174 @@
+//! Opaque tokens handed to external clients: `pct_at_…` (access) and
+//! `pct_rt_…` (refresh), 256 random bits each, stored only as SHA-256.
+//! Every token records its client, user, session (`sid`), scope and family,
+//! so revoking a family or ending a session kills all of them at once.
+
+use crate::app::AppState;
+use crate::crypto;
+use crate::store::{StoreResult, Tx};
+
+pub const ACCESS_PREFIX: &str = "pct_at_";
+pub const REFRESH_PREFIX: &str = "pct_rt_";
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct AccessTokenRecord {
+    pub id: String,
+    pub client_id: String,
+    pub user_id: Option<String>,
+    pub session_id: Option<String>,
+    pub family_id: Option<String>,
+    pub scope: String,
+    pub audience: Option<String>,
+    pub auth_time: Option<i64>,
+    pub amr: Option<String>,
+    pub acr: Option<String>,
+    pub issued_at: i64,
+    pub expires_at: i64,
+    #[sqlx(default)]
+    pub revoked_at: Option<i64>,
+    #[sqlx(default)]
+    pub family_revoked_at: Option<i64>,
+    #[sqlx(default)]
+    pub session_ended_at: Option<i64>,
+}
+
+impl AccessTokenRecord {
+    /// Active means: not expired, not revoked, its family not revoked, its
+    /// session not ended.
+    pub fn is_active(&self, now: i64) -> bool {
+        self.expires_at > now
+            && self.revoked_at.is_none()
+            && self.family_revoked_at.is_none()
+            && self.session_ended_at.is_none()
+    }
+
+    pub fn scopes(&self) -> impl Iterator<Item = &str> {
+        self.scope.split(' ').filter(|s| !s.is_empty())
+    }
+
+    pub fn amr_list(&self) -> Vec<String> {
+        self.amr
+            .as_deref()
+            .and_then(|a| serde_json::from_str(a).ok())
+            .unwrap_or_default()
+    }
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct RefreshTokenRecord {
+    pub token_hash: String,
+    pub family_id: String,
+    pub client_id: String,
+    pub user_id: String,
+    pub session_id: Option<String>,
+    pub scope: String,
+    pub nonce: Option<String>,
+    pub auth_time: i64,
+    pub amr: String,
+    pub acr: String,
+    pub issued_at: i64,
+    pub expires_at: i64,
+    #[sqlx(default)]
+    pub used_at: Option<i64>,
+    #[sqlx(default)]
+    pub revoked_at: Option<i64>,
+    #[sqlx(default)]
+    pub family_revoked_at: Option<i64>,
+    #[sqlx(default)]
+    pub session_ended_at: Option<i64>,
+}
+
+/// Who and what a new set of tokens is for.
+#[derive(Debug, Clone)]
+pub struct TokenGrant {
+    pub client_id: String,
+    pub user_id: Option<String>,
+    pub session_id: Option<String>,
+    pub scope: String,
+    pub nonce: Option<String>,
+    pub auth_time: Option<i64>,
+    /// JSON array, e.g. `["pwd"]`.
+    pub amr: Option<String>,
+    pub acr: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Minted {
+    pub access_token: String,
+    pub access_id: String,
+    pub expires_in: i64,
+    pub refresh_token: Option<String>,
+}
+
+/// Issues an access token (and, with a family, a refresh token) inside `tx`.
+pub async fn mint(
+    state: &AppState,
+    tx: &mut Tx,
+    grant: &TokenGrant,
+    family_id: Option<&str>,
+    with_refresh: bool,
+) -> StoreResult<Minted> {
+    let now = state.clock.now();
+    let access_ttl = i64::try_from(state.config.tokens.access_ttl.as_secs()).unwrap_or(600);
+    let access_token = crypto::random_secret(ACCESS_PREFIX);
+    let record = AccessTokenRecord {
+        id: crypto::random_id(),
+        client_id: grant.client_id.clone(),
+        user_id: grant.user_id.clone(),
+        session_id: grant.session_id.clone(),
+        family_id: family_id.map(str::to_string),
+        scope: grant.scope.clone(),
+        audience: None,
+        auth_time: grant.auth_time,
+        amr: grant.amr.clone(),
+        acr: grant.acr.clone(),
+        issued_at: now,
+        expires_at: now + access_ttl,
+        revoked_at: None,
+        family_revoked_at: None,
+        session_ended_at: None,
+    };
+    crate::store::tokens::insert_access(tx, &record, &crypto::sha256_hex(&access_token)).await?;
+    let refresh_token = match (with_refresh, family_id, &grant.user_id) {
+        (true, Some(family), Some(user_id)) => {
+            let refresh_ttl = i64::try_from(state.config.tokens.refresh_ttl.as_secs()).unwrap_or(86_400);
+            let token = crypto::random_secret(REFRESH_PREFIX);
+            let rt = RefreshTokenRecord {
+                token_hash: crypto::sha256_hex(&token),
+                family_id: family.to_string(),
+                client_id: grant.client_id.clone(),
+                user_id: user_id.clone(),
+                session_id: grant.session_id.clone(),
+                scope: grant.scope.clone(),
+                nonce: grant.nonce.clone(),
+                auth_time: grant.auth_time.unwrap_or(now),
+                amr: grant.amr.clone().unwrap_or_else(|| "[]".into()),
+                acr: grant.acr.clone().unwrap_or_default(),
+                issued_at: now,
+                expires_at: now + refresh_ttl,
+                used_at: None,
+                revoked_at: None,
+                family_revoked_at: None,
+                session_ended_at: None,
+            };
+            crate::store::tokens::insert_refresh(tx, &rt).await?;
+            Some(token)
+        }
+        _ => None,
+    };
+    Ok(Minted {
+        access_token,
+        access_id: record.id,
+        expires_in: access_ttl,
+        refresh_token,
+    })
+}
+
+/// The access token's record if it is one of ours and active now.
+pub async fn active_access_token(state: &AppState, token: &str) -> StoreResult<Option<AccessTokenRecord>> {
+    if !token.starts_with(ACCESS_PREFIX) || token.len() > 100 {
+        return Ok(None);
+    }
+    let record = crate::store::tokens::find_access(&state.store, &crypto::sha256_hex(token)).await?;
+    Ok(record.filter(|r| r.is_active(state.clock.now())))
+}
