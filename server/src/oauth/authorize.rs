@@ -97,12 +97,20 @@ impl From<StoreError> for Failure {
     }
 }
 
-async fn authorize_get(State(state): State<AppState>, headers: HeaderMap, RawQuery(query): RawQuery) -> Response {
+async fn authorize_get(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Response {
     let params = Params::parse(query.unwrap_or_default().as_bytes());
     start(&state, &headers, params).await
 }
 
-async fn authorize_post(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+async fn authorize_post(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     start(&state, &headers, Params::parse(&body)).await
 }
 
@@ -122,8 +130,15 @@ async fn start(
     let id = crypto::random_id();
     let json = serde_json::to_string(&request).unwrap_or_default();
     let now = state.clock.now();
-    if let Err(e) =
-        crate::store::oauth::insert_request(&state.store, &id, &client.id, &json, now, now + REQUEST_TTL_SECS).await
+    if let Err(e) = crate::store::oauth::insert_request(
+        &state.store,
+        &id,
+        &client.id,
+        &json,
+        now,
+        now + REQUEST_TTL_SECS,
+    )
+    .await
     {
         return render(state, Failure::Internal(e));
     }
@@ -156,9 +171,17 @@ async fn validate(state: &AppState, p: &Params) -> Result<(AuthorizationRequest,
         .ok_or_else(|| page("The request has no client_id."))?;
     let client = match clients::find(&state.store, client_id).await {
         Ok(c) => c,
-        Err(ClientError::NotFound(_)) => return Err(page("The application that sent you here is not registered.")),
+        Err(ClientError::NotFound(_)) => {
+            return Err(page(
+                "The application that sent you here is not registered.",
+            ));
+        }
         Err(ClientError::Store(e)) => return Err(Failure::Internal(e)),
-        Err(_) => return Err(page("The application that sent you here is not registered.")),
+        Err(_) => {
+            return Err(page(
+                "The application that sent you here is not registered.",
+            ));
+        }
     };
     let redirect_uri = p
         .get("redirect_uri")
@@ -173,23 +196,37 @@ async fn validate(state: &AppState, p: &Params) -> Result<(AuthorizationRequest,
     let st = p.get("state").ok().flatten();
     let fail = |code: ErrorCode, d: &str| redirect_failure(redirect_uri, st, code, d);
     if let Some(dup) = p.first_duplicate() {
-        return Err(fail(ErrorCode::InvalidRequest, &format!("parameter `{dup}` was sent more than once")));
+        return Err(fail(
+            ErrorCode::InvalidRequest,
+            &format!("parameter `{dup}` was sent more than once"),
+        ));
     }
     let get = |name: &str| p.get(name).ok().flatten();
     if let Some(s) = st
         && s.len() > 1024
     {
-        return Err(redirect_failure(redirect_uri, None, ErrorCode::InvalidRequest, "state is too long"));
+        return Err(redirect_failure(
+            redirect_uri,
+            None,
+            ErrorCode::InvalidRequest,
+            "state is too long",
+        ));
     }
     match get("response_type") {
         None => return Err(fail(ErrorCode::InvalidRequest, "response_type is required")),
         Some("code") => {}
         Some(_) => {
-            return Err(fail(ErrorCode::UnsupportedResponseType, "only response_type=code is supported"));
+            return Err(fail(
+                ErrorCode::UnsupportedResponseType,
+                "only response_type=code is supported",
+            ));
         }
     }
     if get("request").is_some() || get("request_uri").is_some() {
-        return Err(fail(ErrorCode::InvalidRequest, "request objects are not supported"));
+        return Err(fail(
+            ErrorCode::InvalidRequest,
+            "request objects are not supported",
+        ));
     }
     if !client.allows_grant(GrantType::AuthorizationCode) {
         return Err(fail(
@@ -206,7 +243,10 @@ async fn validate(state: &AppState, p: &Params) -> Result<(AuthorizationRequest,
                     return Err(fail(ErrorCode::InvalidScope, "malformed scope"));
                 }
                 if !client.scopes.iter().any(|c| c == s) {
-                    return Err(fail(ErrorCode::InvalidScope, &format!("scope `{s}` is not allowed for this client")));
+                    return Err(fail(
+                        ErrorCode::InvalidScope,
+                        &format!("scope `{s}` is not allowed for this client"),
+                    ));
                 }
                 if !out.iter().any(|o| o == s) {
                     out.push(s.to_string());
@@ -219,7 +259,10 @@ async fn validate(state: &AppState, p: &Params) -> Result<(AuthorizationRequest,
         (None, None) => None,
         (Some(c), Some("S256")) => {
             if !pkce::valid_challenge(c) {
-                return Err(fail(ErrorCode::InvalidRequest, "code_challenge must be 43-128 base64url characters"));
+                return Err(fail(
+                    ErrorCode::InvalidRequest,
+                    "code_challenge must be 43-128 base64url characters",
+                ));
             }
             Some(c.to_string())
         }
@@ -237,21 +280,37 @@ async fn validate(state: &AppState, p: &Params) -> Result<(AuthorizationRequest,
         ));
     }
     let prompt: Vec<String> = get("prompt")
-        .map(|p| p.split(' ').filter(|s| !s.is_empty()).map(str::to_string).collect())
+        .map(|p| {
+            p.split(' ')
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+                .collect()
+        })
         .unwrap_or_default();
     for value in &prompt {
         if !["none", "login", "consent", "select_account"].contains(&value.as_str()) {
-            return Err(fail(ErrorCode::InvalidRequest, &format!("unsupported prompt value `{value}`")));
+            return Err(fail(
+                ErrorCode::InvalidRequest,
+                &format!("unsupported prompt value `{value}`"),
+            ));
         }
     }
     if prompt.iter().any(|p| p == "none") && prompt.len() > 1 {
-        return Err(fail(ErrorCode::InvalidRequest, "prompt=none cannot be combined with other values"));
+        return Err(fail(
+            ErrorCode::InvalidRequest,
+            "prompt=none cannot be combined with other values",
+        ));
     }
     let max_age = match get("max_age") {
         None => None,
         Some(v) => match v.parse::<i64>() {
             Ok(n) if n >= 0 => Some(n),
-            _ => return Err(fail(ErrorCode::InvalidRequest, "max_age must be a non-negative integer")),
+            _ => {
+                return Err(fail(
+                    ErrorCode::InvalidRequest,
+                    "max_age must be a non-negative integer",
+                ));
+            }
         },
     };
     let nonce = get("nonce").map(str::to_string);
@@ -294,19 +353,26 @@ async fn proceed(
     let fail = |code, d: &str| redirect_failure(&req.redirect_uri, req.state.as_deref(), code, d);
     let session = match session {
         Some(s) if !needs_login => s,
-        _ if prompt_none => return Err(fail(ErrorCode::LoginRequired, "the user is not signed in")),
+        _ if prompt_none => {
+            return Err(fail(ErrorCode::LoginRequired, "the user is not signed in"));
+        }
         _ => return Ok(see_other(&format!("/login?request={request_id}"))),
     };
     let needs_consent = if client.first_party {
         false
     } else {
-        let given = crate::store::oauth::find_consent(&state.store, &session.user_id, &client.id).await?;
+        let given =
+            crate::store::oauth::find_consent(&state.store, &session.user_id, &client.id).await?;
         let given: Vec<&str> = given.as_deref().unwrap_or("").split(' ').collect();
-        req.prompt.iter().any(|p| p == "consent") || !req.scopes.iter().all(|s| given.contains(&s.as_str()))
+        req.prompt.iter().any(|p| p == "consent")
+            || !req.scopes.iter().all(|s| given.contains(&s.as_str()))
     };
     if needs_consent {
         if prompt_none {
-            return Err(fail(ErrorCode::ConsentRequired, "the user has not consented to this client"));
+            return Err(fail(
+                ErrorCode::ConsentRequired,
+                "the user has not consented to this client",
+            ));
         }
         return Ok(see_other(&format!("/consent?request={request_id}")));
     }
@@ -372,7 +438,11 @@ fn with_query(uri: &str, params: &[(&str, &str)]) -> String {
 }
 
 fn see_other(location: &str) -> Response {
-    (StatusCode::SEE_OTHER, [(header::LOCATION, location.to_string())]).into_response()
+    (
+        StatusCode::SEE_OTHER,
+        [(header::LOCATION, location.to_string())],
+    )
+        .into_response()
 }
 
 fn render(state: &AppState, failure: Failure) -> Response {
@@ -384,7 +454,10 @@ fn render(state: &AppState, failure: Failure) -> Response {
             code,
             description,
         } => {
-            let mut params = vec![("error", code.as_str()), ("error_description", description.as_str())];
+            let mut params = vec![
+                ("error", code.as_str()),
+                ("error_description", description.as_str()),
+            ];
             if let Some(s) = &st {
                 params.push(("state", s));
             }
@@ -398,7 +471,10 @@ fn render(state: &AppState, failure: Failure) -> Response {
             } else {
                 StatusCode::INTERNAL_SERVER_ERROR
             };
-            html::error_page(status, "Sign-in is temporarily unavailable. Please try again.")
+            html::error_page(
+                status,
+                "Sign-in is temporarily unavailable. Please try again.",
+            )
         }
     }
 }
@@ -409,16 +485,21 @@ struct RequestQuery {
 }
 
 /// Loads a pending, unexpired, uncompleted request.
-async fn load_request(state: &AppState, id: Option<&str>) -> Result<(AuthorizationRequest, Client), Failure> {
+async fn load_request(
+    state: &AppState,
+    id: Option<&str>,
+) -> Result<(AuthorizationRequest, Client), Failure> {
     let expired = || {
         Failure::Page(
             StatusCode::BAD_REQUEST,
-            "This sign-in request is unknown or has expired. Start again from the application.".into(),
+            "This sign-in request is unknown or has expired. Start again from the application."
+                .into(),
         )
     };
     let id = id.filter(|i| valid_request_id(i)).ok_or_else(expired)?;
-    let (json, expires_at, completed_at) =
-        crate::store::oauth::find_request(&state.store, id).await?.ok_or_else(expired)?;
+    let (json, expires_at, completed_at) = crate::store::oauth::find_request(&state.store, id)
+        .await?
+        .ok_or_else(expired)?;
     if completed_at.is_some() || expires_at <= state.clock.now() {
         return Err(expired());
     }
@@ -431,7 +512,11 @@ async fn load_request(state: &AppState, id: Option<&str>) -> Result<(Authorizati
     Ok((req, client))
 }
 
-async fn resume(State(state): State<AppState>, headers: HeaderMap, Query(q): Query<RequestQuery>) -> Response {
+async fn resume(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<RequestQuery>,
+) -> Response {
     let result = async {
         let (req, client) = load_request(&state, q.request.as_deref()).await?;
         let session = sessions::current(&state, &headers).await?;
@@ -442,7 +527,11 @@ async fn resume(State(state): State<AppState>, headers: HeaderMap, Query(q): Que
     result.unwrap_or_else(|f| render(&state, f))
 }
 
-async fn consent_page(State(state): State<AppState>, headers: HeaderMap, Query(q): Query<RequestQuery>) -> Response {
+async fn consent_page(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<RequestQuery>,
+) -> Response {
     let result = async {
         let (req, client) = load_request(&state, q.request.as_deref()).await?;
         let id = q.request.clone().unwrap_or_default();
@@ -476,9 +565,14 @@ async fn consent_page(State(state): State<AppState>, headers: HeaderMap, Query(q
     result.unwrap_or_else(|f| render(&state, f))
 }
 
-async fn consent_submit(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+async fn consent_submit(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let result = async {
-        let params = Params::parse(&body).map_err(|e| Failure::Page(StatusCode::BAD_REQUEST, e.to_string()))?;
+        let params = Params::parse(&body)
+            .map_err(|e| Failure::Page(StatusCode::BAD_REQUEST, e.to_string()))?;
         let policy = sessions::cookie_policy(&state);
         if !csrf::verify(&policy, &headers, params.field(csrf::CSRF_FIELD)) {
             return Err(Failure::Page(
@@ -504,7 +598,8 @@ async fn consent_submit(State(state): State<AppState>, headers: HeaderMap, body:
             ));
         }
         // Remember the union of what was granted before and now.
-        let before = crate::store::oauth::find_consent(&state.store, &session.user_id, &client.id).await?;
+        let before =
+            crate::store::oauth::find_consent(&state.store, &session.user_id, &client.id).await?;
         let mut granted: Vec<String> = before
             .as_deref()
             .unwrap_or("")
@@ -518,7 +613,14 @@ async fn consent_submit(State(state): State<AppState>, headers: HeaderMap, body:
             }
         }
         let mut tx = state.store.begin().await?;
-        crate::store::oauth::upsert_consent(&mut tx, &session.user_id, &client.id, &granted.join(" "), now).await?;
+        crate::store::oauth::upsert_consent(
+            &mut tx,
+            &session.user_id,
+            &client.id,
+            &granted.join(" "),
+            now,
+        )
+        .await?;
         audit::record(
             &state.store,
             &mut tx,

@@ -47,12 +47,19 @@ fn basic_credentials(headers: &HeaderMap) -> Result<Option<(String, String)>, OA
         return Ok(None);
     };
     let text = value.to_str().map_err(|_| OAuthError::invalid_client())?;
-    let Some(encoded) = text.strip_prefix("Basic ").or_else(|| text.strip_prefix("basic ")) else {
+    let Some(encoded) = text
+        .strip_prefix("Basic ")
+        .or_else(|| text.strip_prefix("basic "))
+    else {
         return Err(OAuthError::invalid_client());
     };
-    let decoded = STANDARD.decode(encoded.trim()).map_err(|_| OAuthError::invalid_client())?;
+    let decoded = STANDARD
+        .decode(encoded.trim())
+        .map_err(|_| OAuthError::invalid_client())?;
     let decoded = String::from_utf8(decoded).map_err(|_| OAuthError::invalid_client())?;
-    let (id, secret) = decoded.split_once(':').ok_or_else(OAuthError::invalid_client)?;
+    let (id, secret) = decoded
+        .split_once(':')
+        .ok_or_else(OAuthError::invalid_client)?;
     let id = form_decode(id).ok_or_else(OAuthError::invalid_client)?;
     let secret = form_decode(secret).ok_or_else(OAuthError::invalid_client)?;
     Ok(Some((id, secret)))
@@ -75,11 +82,17 @@ pub async fn authenticate(
         }
         (Some((id, secret)), body_id, None) => {
             if body_id.is_some_and(|b| b != id) {
-                return Err(OAuthError::invalid_request("client_id does not match the Authorization header"));
+                return Err(OAuthError::invalid_request(
+                    "client_id does not match the Authorization header",
+                ));
             }
             (id, Some(secret), AuthMethod::SecretBasic)
         }
-        (None, Some(id), Some(secret)) => (id.to_string(), Some(secret.to_string()), AuthMethod::SecretPost),
+        (None, Some(id), Some(secret)) => (
+            id.to_string(),
+            Some(secret.to_string()),
+            AuthMethod::SecretPost,
+        ),
         (None, Some(id), None) => (id.to_string(), None, AuthMethod::None),
         (None, None, _) => return Err(OAuthError::invalid_client()),
     };

@@ -75,7 +75,10 @@ impl OAuthError {
 impl From<StoreError> for OAuthError {
     fn from(e: StoreError) -> Self {
         if e.is_unavailable() {
-            OAuthError::new(ErrorCode::TemporarilyUnavailable, "the service is temporarily unavailable")
+            OAuthError::new(
+                ErrorCode::TemporarilyUnavailable,
+                "the service is temporarily unavailable",
+            )
         } else {
             tracing::error!(error = %e, "storage error on an OAuth endpoint");
             OAuthError::new(ErrorCode::ServerError, "internal error")
@@ -97,13 +100,17 @@ impl IntoResponse for OAuthError {
             ErrorCode::TemporarilyUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::BAD_REQUEST,
         };
-        let body = serde_json::json!({"error": self.code.as_str(), "error_description": self.description});
+        let body =
+            serde_json::json!({"error": self.code.as_str(), "error_description": self.description});
         let mut resp = (status, Json(body)).into_response();
         let h = resp.headers_mut();
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
         if self.code == ErrorCode::InvalidClient {
-            h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"portcullis\""));
+            h.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"portcullis\""),
+            );
         }
         resp
     }

@@ -17,6 +17,7 @@
 pub mod authorize;
 pub mod client_auth;
 pub mod clients;
+pub mod consents;
 pub mod error;
 pub mod pkce;
 pub mod token;
@@ -26,5 +27,8 @@ use axum::Router;
 use crate::app::AppState;
 
 pub fn router() -> Router<AppState> {
-    Router::new().merge(authorize::router()).merge(token::router())
+    Router::new()
+        .merge(authorize::router())
+        .merge(token::router())
+        .merge(consents::router())
 }

@@ -6,7 +6,9 @@ use subtle::ConstantTimeEq;
 
 /// 43–128 characters of the unreserved set (RFC 7636 §4.1 / §4.2).
 fn valid_pkce_string(s: &str) -> bool {
-    (43..=128).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b))
+    (43..=128).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b))
 }
 
 pub fn valid_challenge(challenge: &str) -> bool {

@@ -40,10 +40,18 @@ fn is_form(headers: &HeaderMap) -> bool {
     headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("application/x-www-form-urlencoded"))
+        .is_some_and(|v| {
+            v.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("application/x-www-form-urlencoded")
+        })
 }
 
-async fn handle(state: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<serde_json::Value, OAuthError> {
+async fn handle(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<serde_json::Value, OAuthError> {
     if !is_form(headers) {
         return Err(OAuthError::invalid_request(
             "the token request must be application/x-www-form-urlencoded",
@@ -51,7 +59,9 @@ async fn handle(state: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<se
     }
     let params = Params::parse(body)?;
     if let Some(dup) = params.first_duplicate() {
-        return Err(OAuthError::invalid_request(format!("parameter `{dup}` was sent more than once")));
+        return Err(OAuthError::invalid_request(format!(
+            "parameter `{dup}` was sent more than once"
+        )));
     }
     let (client, _method) = client_auth::authenticate(state, headers, &params).await?;
     let grant_type = params
@@ -76,7 +86,10 @@ async fn handle(state: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<se
         GrantType::AuthorizationCode => authorization_code(state, &client, &params).await,
         GrantType::RefreshToken => refresh(state, &client, &params).await,
         GrantType::ClientCredentials => client_credentials(state, &client, &params).await,
-        GrantType::TokenExchange => Err(OAuthError::new(ErrorCode::UnsupportedGrantType, "not supported")),
+        GrantType::TokenExchange => Err(OAuthError::new(
+            ErrorCode::UnsupportedGrantType,
+            "not supported",
+        )),
     }
 }
 
@@ -107,7 +120,11 @@ async fn authorization_code(
     let redirect_uri = required(params, "redirect_uri")?;
     let verifier = params.get("code_verifier")?;
     let now = state.clock.now();
-    let bad = || OAuthError::invalid_grant("the authorization code is invalid, expired or was issued to another client");
+    let bad = || {
+        OAuthError::invalid_grant(
+            "the authorization code is invalid, expired or was issued to another client",
+        )
+    };
     if !code.starts_with(crate::oauth::authorize::CODE_PREFIX) || code.len() > 100 {
         return Err(bad());
     }
@@ -122,7 +139,8 @@ async fn authorization_code(
     if record.used_at.is_some() {
         // RFC 6749 §4.1.2: a replayed code revokes what its first use issued.
         if let Some(family) = &record.family_id {
-            crate::store::tokens::revoke_family(&mut tx, family, now, "authorization code reuse").await?;
+            crate::store::tokens::revoke_family(&mut tx, family, now, "authorization code reuse")
+                .await?;
         }
         audit::record(
             &state.store,
@@ -145,11 +163,17 @@ async fn authorization_code(
         return Err(bad());
     }
     if record.redirect_uri != redirect_uri {
-        return Err(OAuthError::invalid_grant("redirect_uri does not match the authorization request"));
+        return Err(OAuthError::invalid_grant(
+            "redirect_uri does not match the authorization request",
+        ));
     }
     match (&record.code_challenge, verifier) {
         (Some(challenge), Some(v)) if pkce::verify(v, challenge) => {}
-        (Some(_), _) => return Err(OAuthError::invalid_grant("code_verifier is missing or does not match")),
+        (Some(_), _) => {
+            return Err(OAuthError::invalid_grant(
+                "code_verifier is missing or does not match",
+            ));
+        }
         (None, Some(_)) => {
             return Err(OAuthError::invalid_grant(
                 "code_verifier sent but the authorization request had no code_challenge",
@@ -226,7 +250,11 @@ fn respond(
     Ok(body)
 }
 
-async fn refresh(state: &AppState, client: &Client, params: &Params) -> Result<serde_json::Value, OAuthError> {
+async fn refresh(
+    state: &AppState,
+    client: &Client,
+    params: &Params,
+) -> Result<serde_json::Value, OAuthError> {
     let presented = required(params, "refresh_token")?;
     let now = state.clock.now();
     let bad = || OAuthError::invalid_grant("the refresh token is invalid, expired or revoked");
@@ -246,7 +274,8 @@ async fn refresh(state: &AppState, client: &Client, params: &Params) -> Result<s
     }
     if record.used_at.is_some() {
         // Reuse of a rotated token: someone holds a copy. Kill the family.
-        crate::store::tokens::revoke_family(&mut tx, &record.family_id, now, "refresh token reuse").await?;
+        crate::store::tokens::revoke_family(&mut tx, &record.family_id, now, "refresh token reuse")
+            .await?;
         audit::record(
             &state.store,
             &mut tx,

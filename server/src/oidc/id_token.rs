@@ -1,18 +1,12 @@
 //! OIDC id_token (Core §2): signed with the client's algorithm (RS256 by
 //! default, ES256 per client), `typ: JWT`, `kid` set.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
 use josekit::jwt::JwtPayload;
 
 use crate::app::AppState;
 use crate::keys::{KeyError, SigningAlg};
 use crate::oauth::clients::Client;
 use crate::tokens::TokenGrant;
-
-fn at(secs: i64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).unwrap_or(0))
-}
 
 pub fn mint(state: &AppState, client: &Client, grant: &TokenGrant) -> Result<String, KeyError> {
     let now = state.clock.now();
@@ -21,11 +15,12 @@ pub fn mint(state: &AppState, client: &Client, grant: &TokenGrant) -> Result<Str
     p.set_issuer(&state.config.issuer);
     p.set_subject(grant.user_id.as_deref().unwrap_or_default());
     p.set_audience(vec![client.id.clone()]);
-    p.set_issued_at(&at(now));
-    p.set_expires_at(&at(now + ttl));
     let set = |p: &mut JwtPayload, k: &str, v: serde_json::Value| {
         let _ = p.set_claim(k, Some(v));
     };
+    // Integers, not josekit's SystemTime encoding (which may emit floats).
+    set(&mut p, "iat", now.into());
+    set(&mut p, "exp", (now + ttl).into());
     set(&mut p, "azp", client.id.clone().into());
     if let Some(t) = grant.auth_time {
         set(&mut p, "auth_time", t.into());

@@ -82,7 +82,8 @@ fn bearer_error(status: StatusCode, error: Option<&str>) -> Response {
     if let Ok(v) = HeaderValue::from_str(&challenge) {
         resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
     }
-    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp
 }
 
@@ -155,6 +156,7 @@ async fn userinfo(state: &AppState, headers: &HeaderMap, body: Option<&[u8]>) ->
         claims["email_verified"] = false.into();
     }
     let mut resp = axum::Json(claims).into_response();
-    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp
 }

@@ -18,7 +18,9 @@ use crate::web::{csrf, user_agent};
 use super::{ACR_PASSWORD, Authentication};
 
 pub fn router() -> Router<AppState> {
-    Router::new().route("/login", get(show).post(submit))
+    Router::new()
+        .route("/login", get(show).post(submit))
+        .route("/login/done", get(done))
 }
 
 #[derive(Debug, Deserialize)]
@@ -29,12 +31,32 @@ pub struct LoginQuery {
 /// Pending authorization request ids are our own random ids; anything else
 /// is dropped rather than echoed into a page or a redirect.
 pub fn valid_request_id(id: &str) -> bool {
-    (16..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b))
+    (16..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b))
 }
 
-async fn show(State(state): State<AppState>, headers: HeaderMap, Query(q): Query<LoginQuery>) -> Response {
+async fn show(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<LoginQuery>,
+) -> Response {
     let request = q.request.filter(|r| valid_request_id(r));
     form(&state, &headers, request.as_deref(), None, StatusCode::OK)
+}
+
+/// Where a login without a pending authorization request lands.
+async fn done(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    match super::current(&state, &headers).await {
+        Ok(Some(_)) => html::page(
+            StatusCode::OK,
+            "Signed in",
+            "<p>You are signed in. You can close this page.</p>",
+        ),
+        Ok(None) => (StatusCode::SEE_OTHER, [(header::LOCATION, "/login")]).into_response(),
+        Err(e) => crate::error::AppError::from(e).into_response(),
+    }
 }
 
 fn form(
@@ -48,7 +70,10 @@ fn form(
     let (token, set_cookie) = csrf::token_for_form(&policy, headers);
     let mut body = String::new();
     if let Some(e) = error {
-        body.push_str(&format!("<p class=\"error\" role=\"alert\">{}</p>", escape(e)));
+        body.push_str(&format!(
+            "<p class=\"error\" role=\"alert\">{}</p>",
+            escape(e)
+        ));
     }
     body.push_str("<form method=\"post\" action=\"/login\">");
     body.push_str(&html::hidden(csrf::CSRF_FIELD, &token));
@@ -95,7 +120,13 @@ async fn submit(
         Ok(user) => user,
         Err(AuthError::InvalidCredentials) => {
             tracing::info!(event = "login.failed", "login failed");
-            return form(&state, &headers, request, Some("invalid username or password"), StatusCode::UNAUTHORIZED);
+            return form(
+                &state,
+                &headers,
+                request,
+                Some("invalid username or password"),
+                StatusCode::UNAUTHORIZED,
+            );
         }
         Err(AuthError::Store(e)) => return crate::error::AppError::from(e).into_response(),
     };
@@ -120,6 +151,7 @@ async fn submit(
         None => "/login/done".to_string(),
     };
     let mut resp = (StatusCode::SEE_OTHER, [(header::LOCATION, location)]).into_response();
-    resp.headers_mut().append(header::SET_COOKIE, super::set_cookie(&state, &secret));
+    resp.headers_mut()
+        .append(header::SET_COOKIE, super::set_cookie(&state, &secret));
     resp
 }

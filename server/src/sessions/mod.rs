@@ -101,7 +101,10 @@ pub fn set_cookie(state: &AppState, secret: &str) -> axum::http::HeaderValue {
 
 /// The live session named by the request's cookie: not ended, within the
 /// idle and absolute timeouts. Touches `last_seen_at` at most once a minute.
-pub async fn current(state: &AppState, headers: &axum::http::HeaderMap) -> Result<Option<Session>, StoreError> {
+pub async fn current(
+    state: &AppState,
+    headers: &axum::http::HeaderMap,
+) -> Result<Option<Session>, StoreError> {
     let Some(secret) = cookie_policy(state).get(headers, SESSION_COOKIE) else {
         return Ok(None);
     };
@@ -109,7 +112,8 @@ pub async fn current(state: &AppState, headers: &axum::http::HeaderMap) -> Resul
         return Ok(None);
     }
     let Some(session) =
-        crate::store::sessions::find_by_secret_hash(&state.store, &crypto::sha256_hex(&secret)).await?
+        crate::store::sessions::find_by_secret_hash(&state.store, &crypto::sha256_hex(&secret))
+            .await?
     else {
         return Ok(None);
     };
@@ -118,8 +122,11 @@ pub async fn current(state: &AppState, headers: &axum::http::HeaderMap) -> Resul
     }
     let now = state.clock.now();
     let idle = i64::try_from(state.config.sessions.idle_timeout.as_secs()).unwrap_or(i64::MAX);
-    let absolute = i64::try_from(state.config.sessions.absolute_timeout.as_secs()).unwrap_or(i64::MAX);
-    if now.saturating_sub(session.last_seen_at) > idle || now.saturating_sub(session.created_at) > absolute {
+    let absolute =
+        i64::try_from(state.config.sessions.absolute_timeout.as_secs()).unwrap_or(i64::MAX);
+    if now.saturating_sub(session.last_seen_at) > idle
+        || now.saturating_sub(session.created_at) > absolute
+    {
         return Ok(None);
     }
     if now - session.last_seen_at >= 60 {

@@ -25,7 +25,10 @@ pub async fn insert_request(
 }
 
 /// `(params JSON, expires_at, completed_at)`.
-pub async fn find_request(store: &Store, id: &str) -> StoreResult<Option<(String, i64, Option<i64>)>> {
+pub async fn find_request(
+    store: &Store,
+    id: &str,
+) -> StoreResult<Option<(String, i64, Option<i64>)>> {
     Ok(sqlx::query_as(
         "SELECT params, expires_at, completed_at FROM authorization_requests WHERE id = $1",
     )
@@ -46,7 +49,11 @@ pub async fn complete_request(tx: &mut Tx, id: &str, now: i64) -> StoreResult<bo
     Ok(done.rows_affected() == 1)
 }
 
-pub async fn find_consent(store: &Store, user_id: &str, client_id: &str) -> StoreResult<Option<String>> {
+pub async fn find_consent(
+    store: &Store,
+    user_id: &str,
+    client_id: &str,
+) -> StoreResult<Option<String>> {
     let row: Option<(String,)> =
         sqlx::query_as("SELECT scopes FROM consents WHERE user_id = $1 AND client_id = $2")
             .bind(user_id)
@@ -56,7 +63,13 @@ pub async fn find_consent(store: &Store, user_id: &str, client_id: &str) -> Stor
     Ok(row.map(|(s,)| s))
 }
 
-pub async fn upsert_consent(tx: &mut Tx, user_id: &str, client_id: &str, scopes: &str, now: i64) -> StoreResult<()> {
+pub async fn upsert_consent(
+    tx: &mut Tx,
+    user_id: &str,
+    client_id: &str,
+    scopes: &str,
+    now: i64,
+) -> StoreResult<()> {
     sqlx::query(
         "INSERT INTO consents (user_id, client_id, scopes, granted_at) VALUES ($1, $2, $3, $4) \
          ON CONFLICT (user_id, client_id) DO UPDATE SET scopes = excluded.scopes, granted_at = excluded.granted_at",
@@ -71,7 +84,10 @@ pub async fn upsert_consent(tx: &mut Tx, user_id: &str, client_id: &str, scopes:
 }
 
 /// `(client_id, scopes, granted_at)` for every consent the user gave.
-pub async fn list_consents(store: &Store, user_id: &str) -> StoreResult<Vec<(String, String, i64)>> {
+pub async fn list_consents(
+    store: &Store,
+    user_id: &str,
+) -> StoreResult<Vec<(String, String, i64)>> {
     Ok(sqlx::query_as(
         "SELECT client_id, scopes, granted_at FROM consents WHERE user_id = $1 ORDER BY client_id",
     )
@@ -116,7 +132,11 @@ pub async fn insert_code(tx: &mut Tx, c: &CodeRecord) -> StoreResult<()> {
     Ok(())
 }
 
-pub async fn find_code_for_update(store: &Store, tx: &mut Tx, code_hash: &str) -> StoreResult<Option<CodeRecord>> {
+pub async fn find_code_for_update(
+    store: &Store,
+    tx: &mut Tx,
+    code_hash: &str,
+) -> StoreResult<Option<CodeRecord>> {
     let lock = super::users::for_update(store);
     let sql = format!("SELECT {CODE_COLUMNS} FROM authorization_codes WHERE code_hash = $1{lock}");
     Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
@@ -126,7 +146,12 @@ pub async fn find_code_for_update(store: &Store, tx: &mut Tx, code_hash: &str) -
 }
 
 /// Redeems a code once; false when it was already used.
-pub async fn mark_code_used(tx: &mut Tx, code_hash: &str, now: i64, family_id: &str) -> StoreResult<bool> {
+pub async fn mark_code_used(
+    tx: &mut Tx,
+    code_hash: &str,
+    now: i64,
+    family_id: &str,
+) -> StoreResult<bool> {
     let done = sqlx::query(
         "UPDATE authorization_codes SET used_at = $1, family_id = $2 WHERE code_hash = $3 AND used_at IS NULL",
     )

@@ -24,7 +24,11 @@ pub async fn insert_family(
     Ok(())
 }
 
-pub async fn insert_access(tx: &mut Tx, t: &AccessTokenRecord, token_hash: &str) -> StoreResult<()> {
+pub async fn insert_access(
+    tx: &mut Tx,
+    t: &AccessTokenRecord,
+    token_hash: &str,
+) -> StoreResult<()> {
     sqlx::query(
         "INSERT INTO access_tokens (token_hash, id, client_id, user_id, session_id, family_id, scope, audience, \
          auth_time, amr, acr, issued_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
@@ -94,16 +98,23 @@ pub async fn find_refresh_for_update(
 
 /// Rotates a refresh token out; false when it was already used.
 pub async fn mark_refresh_used(tx: &mut Tx, token_hash: &str, now: i64) -> StoreResult<bool> {
-    let done = sqlx::query("UPDATE refresh_tokens SET used_at = $1 WHERE token_hash = $2 AND used_at IS NULL")
-        .bind(now)
-        .bind(token_hash)
-        .execute(&mut **tx)
-        .await?;
+    let done = sqlx::query(
+        "UPDATE refresh_tokens SET used_at = $1 WHERE token_hash = $2 AND used_at IS NULL",
+    )
+    .bind(now)
+    .bind(token_hash)
+    .execute(&mut **tx)
+    .await?;
     Ok(done.rows_affected() == 1)
 }
 
 /// Revokes a family and every token in it.
-pub async fn revoke_family(tx: &mut Tx, family_id: &str, now: i64, reason: &str) -> StoreResult<()> {
+pub async fn revoke_family(
+    tx: &mut Tx,
+    family_id: &str,
+    now: i64,
+    reason: &str,
+) -> StoreResult<()> {
     sqlx::query(
         "UPDATE token_families SET revoked_at = $1, revoked_reason = $2 WHERE id = $3 AND revoked_at IS NULL",
     )
@@ -112,16 +123,20 @@ pub async fn revoke_family(tx: &mut Tx, family_id: &str, now: i64, reason: &str)
     .bind(family_id)
     .execute(&mut **tx)
     .await?;
-    sqlx::query("UPDATE refresh_tokens SET revoked_at = $1 WHERE family_id = $2 AND revoked_at IS NULL")
-        .bind(now)
-        .bind(family_id)
-        .execute(&mut **tx)
-        .await?;
-    sqlx::query("UPDATE access_tokens SET revoked_at = $1 WHERE family_id = $2 AND revoked_at IS NULL")
-        .bind(now)
-        .bind(family_id)
-        .execute(&mut **tx)
-        .await?;
+    sqlx::query(
+        "UPDATE refresh_tokens SET revoked_at = $1 WHERE family_id = $2 AND revoked_at IS NULL",
+    )
+    .bind(now)
+    .bind(family_id)
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query(
+        "UPDATE access_tokens SET revoked_at = $1 WHERE family_id = $2 AND revoked_at IS NULL",
+    )
+    .bind(now)
+    .bind(family_id)
+    .execute(&mut **tx)
+    .await?;
     Ok(())
 }
 
@@ -129,7 +144,10 @@ const ACCESS_COLUMNS: &str = "a.id, a.client_id, a.user_id, a.session_id, a.fami
      a.auth_time, a.amr, a.acr, a.issued_at, a.expires_at, a.revoked_at, \
      f.revoked_at AS family_revoked_at, s.ended_at AS session_ended_at";
 
-pub async fn find_access(store: &Store, token_hash: &str) -> StoreResult<Option<AccessTokenRecord>> {
+pub async fn find_access(
+    store: &Store,
+    token_hash: &str,
+) -> StoreResult<Option<AccessTokenRecord>> {
     let sql = format!(
         "SELECT {ACCESS_COLUMNS} FROM access_tokens a LEFT JOIN token_families f ON f.id = a.family_id \
          LEFT JOIN sessions s ON s.id = a.session_id WHERE a.token_hash = $1"
@@ -138,4 +156,42 @@ pub async fn find_access(store: &Store, token_hash: &str) -> StoreResult<Option<
         .bind(token_hash)
         .fetch_optional(store.reader())
         .await?)
+}
+
+/// Revokes every family (and its tokens) a user holds at a client.
+pub async fn revoke_families_of(
+    tx: &mut Tx,
+    user_id: &str,
+    client_id: &str,
+    now: i64,
+    reason: &str,
+) -> StoreResult<()> {
+    let families = "SELECT id FROM token_families WHERE user_id = $2 AND client_id = $3";
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "UPDATE refresh_tokens SET revoked_at = $1 WHERE revoked_at IS NULL AND family_id IN ({families})"
+    )))
+    .bind(now)
+    .bind(user_id)
+    .bind(client_id)
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "UPDATE access_tokens SET revoked_at = $1 WHERE revoked_at IS NULL AND family_id IN ({families})"
+    )))
+    .bind(now)
+    .bind(user_id)
+    .bind(client_id)
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query(
+        "UPDATE token_families SET revoked_at = $1, revoked_reason = $4 \
+         WHERE user_id = $2 AND client_id = $3 AND revoked_at IS NULL",
+    )
+    .bind(now)
+    .bind(user_id)
+    .bind(client_id)
+    .bind(reason)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }

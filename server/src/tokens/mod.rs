@@ -131,7 +131,8 @@ pub async fn mint(
     crate::store::tokens::insert_access(tx, &record, &crypto::sha256_hex(&access_token)).await?;
     let refresh_token = match (with_refresh, family_id, &grant.user_id) {
         (true, Some(family), Some(user_id)) => {
-            let refresh_ttl = i64::try_from(state.config.tokens.refresh_ttl.as_secs()).unwrap_or(86_400);
+            let refresh_ttl =
+                i64::try_from(state.config.tokens.refresh_ttl.as_secs()).unwrap_or(86_400);
             let token = crypto::random_secret(REFRESH_PREFIX);
             let rt = RefreshTokenRecord {
                 token_hash: crypto::sha256_hex(&token),
@@ -165,10 +166,14 @@ pub async fn mint(
 }
 
 /// The access token's record if it is one of ours and active now.
-pub async fn active_access_token(state: &AppState, token: &str) -> StoreResult<Option<AccessTokenRecord>> {
+pub async fn active_access_token(
+    state: &AppState,
+    token: &str,
+) -> StoreResult<Option<AccessTokenRecord>> {
     if !token.starts_with(ACCESS_PREFIX) || token.len() > 100 {
         return Ok(None);
     }
-    let record = crate::store::tokens::find_access(&state.store, &crypto::sha256_hex(token)).await?;
+    let record =
+        crate::store::tokens::find_access(&state.store, &crypto::sha256_hex(token)).await?;
     Ok(record.filter(|r| r.is_active(state.clock.now())))
 }

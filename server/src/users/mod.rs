@@ -243,7 +243,11 @@ fn dummy_hash() -> &'static str {
 }
 
 /// Checks a username and password. argon2 runs on the blocking pool.
-pub async fn authenticate(store: &Store, username: &str, password: &str) -> Result<User, AuthError> {
+pub async fn authenticate(
+    store: &Store,
+    username: &str,
+    password: &str,
+) -> Result<User, AuthError> {
     let found = match normalize_username(username) {
         Ok(name) if password.len() <= MAX_PASSWORD_BYTES => {
             crate::store::users::find_with_password(store, &name).await?

@@ -31,7 +31,13 @@ impl CookiePolicy {
     }
 
     /// `Set-Cookie` value; `max_age` None means a browser-session cookie.
-    pub fn set(&self, base: &str, value: &str, max_age: Option<i64>, same_site: SameSite) -> HeaderValue {
+    pub fn set(
+        &self,
+        base: &str,
+        value: &str,
+        max_age: Option<i64>,
+        same_site: SameSite,
+    ) -> HeaderValue {
         let mut c = format!("{}={value}; Path=/; HttpOnly", self.name(base));
         c.push_str(match same_site {
             SameSite::Lax => "; SameSite=Lax",

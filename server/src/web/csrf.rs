@@ -25,13 +25,18 @@ pub fn token_for_form(policy: &CookiePolicy, headers: &HeaderMap) -> (String, Op
 }
 
 fn valid_shape(token: &str) -> bool {
-    (16..=64).contains(&token.len()) && token.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b))
+    (16..=64).contains(&token.len())
+        && token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b))
 }
 
 /// True when the submitted field matches the cookie.
 pub fn verify(policy: &CookiePolicy, headers: &HeaderMap, submitted: Option<&str>) -> bool {
     match (policy.get(headers, CSRF_COOKIE), submitted) {
-        (Some(cookie), Some(field)) if valid_shape(&cookie) => cookie.as_bytes().ct_eq(field.as_bytes()).into(),
+        (Some(cookie), Some(field)) if valid_shape(&cookie) => {
+            cookie.as_bytes().ct_eq(field.as_bytes()).into()
+        }
         _ => false,
     }
 }

@@ -35,7 +35,11 @@ impl Params {
             if v.is_empty() {
                 continue;
             }
-            if params.values.insert(k.to_string(), v.into_owned()).is_some() {
+            if params
+                .values
+                .insert(k.to_string(), v.into_owned())
+                .is_some()
+            {
                 params.duplicates.push(k.into_owned());
             }
         }

@@ -42,7 +42,11 @@ pub fn page(status: StatusCode, title: &str, body: &str) -> Response {
 
 /// An error shown to the person in the browser (never redirected).
 pub fn error_page(status: StatusCode, message: &str) -> Response {
-    page(status, "Something went wrong", &format!("<p class=\"error\">{}</p>", escape(message)))
+    page(
+        status,
+        "Something went wrong",
+        &format!("<p class=\"error\">{}</p>", escape(message)),
+    )
 }
 
 pub fn hidden(name: &str, value: &str) -> String {

@@ -12,7 +12,9 @@ use axum::middleware::Next;
 use axum::response::Response;
 
 /// The client's IP as seen on the socket.
-pub fn client_ip(req_ext: Option<&axum::extract::ConnectInfo<std::net::SocketAddr>>) -> Option<String> {
+pub fn client_ip(
+    req_ext: Option<&axum::extract::ConnectInfo<std::net::SocketAddr>>,
+) -> Option<String> {
     req_ext.map(|c| c.0.ip().to_string())
 }
 
@@ -34,8 +36,14 @@ pub async fn security_headers(req: Request, next: Next) -> Response {
             "default-src 'none'; style-src 'self'; img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'",
         ),
     );
-    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     resp
 }
