@@ -27,6 +27,7 @@ pub struct AppState {
     pub clock: SharedClock,
     pub keys: Arc<KeyRing>,
     pub metrics: Arc<Metrics>,
+    pub introspection_cache: Arc<crate::tokens::cache::IntrospectionCache>,
 }
 
 /// What start-up did, for the operator.
@@ -74,7 +75,14 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Startup, Startu
     }
     let bootstrap_code =
         crate::users::bootstrap::issue_code_if_needed(&store, clock.as_ref()).await?;
+    // SQLite is one process: local invalidation is enough, so the cache is
+    // on at once. PostgreSQL replicas enable it when the listener is up.
+    let cache = crate::tokens::cache::IntrospectionCache::new(
+        config.tokens.introspection_cache_ttl,
+        store.backend() == crate::store::Backend::Sqlite,
+    );
     let state = AppState {
+        introspection_cache: Arc::new(cache),
         keys: Arc::new(KeyRing::new(config.keys.dir.clone(), loaded.set)),
         config: Arc::new(config),
         store,
@@ -94,6 +102,7 @@ pub fn public_router(state: AppState) -> Router {
         .merge(crate::ops::router())
         .merge(crate::oidc::router())
         .merge(crate::oauth::router())
+        .merge(crate::tokens::router())
         .merge(crate::sessions::login::router())
         .route("/static/portcullis.css", axum::routing::get(stylesheet))
         .layer(middleware::from_fn(crate::web::security_headers))
@@ -196,6 +205,12 @@ pub async fn serve(
         let _ = tx.send(true);
     });
     let reload = tokio::spawn(reload_keys_periodically(state.clone()));
+    let listener = (state.store.backend() == crate::store::Backend::Postgres).then(|| {
+        tokio::spawn(crate::tokens::cache::listen_for_revocations(
+            state.config.database.url.clone(),
+            state.introspection_cache.clone(),
+        ))
+    });
     let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
@@ -211,6 +226,9 @@ pub async fn serve(
     .with_graceful_shutdown(wait(rx));
     let result = tokio::try_join!(public.into_future(), admin.into_future());
     reload.abort();
+    if let Some(l) = listener {
+        l.abort();
+    }
     state.store.close().await;
     result.map(|_| ())
 }

@@ -41,6 +41,11 @@ pub struct TokensConfig {
     pub access_ttl: Duration,
     pub refresh_ttl: Duration,
     pub id_token_ttl: Duration,
+    /// Lifetime of internal JWTs minted by token exchange / introspection.
+    pub internal_jwt_ttl: Duration,
+    /// Upper bound on how long an introspection result may be served from
+    /// memory; revocations also clear the cache at once (LISTEN/NOTIFY).
+    pub introspection_cache_ttl: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -93,6 +98,8 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("tokens.access_ttl", "10m"),
     ("tokens.refresh_ttl", "30d"),
     ("tokens.id_token_ttl", "1h"),
+    ("tokens.internal_jwt_ttl", "5m"),
+    ("tokens.introspection_cache_ttl", "1s"),
     ("sessions.idle_timeout", "30m"),
     ("sessions.absolute_timeout", "12h"),
     ("refunds.four_eyes_threshold", ""),
@@ -166,6 +173,12 @@ impl Config {
         let access_ttl = parse_key_duration("tokens.access_ttl", get("tokens.access_ttl"))?;
         let refresh_ttl = parse_key_duration("tokens.refresh_ttl", get("tokens.refresh_ttl"))?;
         let id_token_ttl = parse_key_duration("tokens.id_token_ttl", get("tokens.id_token_ttl"))?;
+        let internal_jwt_ttl =
+            parse_key_duration("tokens.internal_jwt_ttl", get("tokens.internal_jwt_ttl"))?;
+        let introspection_cache_ttl = parse_key_duration(
+            "tokens.introspection_cache_ttl",
+            get("tokens.introspection_cache_ttl"),
+        )?;
         let idle_timeout =
             parse_key_duration("sessions.idle_timeout", get("sessions.idle_timeout"))?;
         let absolute_timeout = parse_key_duration(
@@ -196,6 +209,8 @@ impl Config {
                 access_ttl,
                 refresh_ttl,
                 id_token_ttl,
+                internal_jwt_ttl,
+                introspection_cache_ttl,
             },
             sessions: SessionsConfig {
                 idle_timeout,
@@ -224,7 +239,11 @@ impl Config {
     /// How long a retired signing key stays in JWKS: the longest lifetime of
     /// any JWT signed with it, plus clock-skew margin.
     pub fn retired_key_retention(&self) -> Duration {
-        self.tokens.access_ttl.max(self.tokens.id_token_ttl) + Duration::from_secs(300)
+        self.tokens
+            .access_ttl
+            .max(self.tokens.id_token_ttl)
+            .max(self.tokens.internal_jwt_ttl)
+            + Duration::from_secs(300)
     }
 }
 

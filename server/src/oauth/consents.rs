@@ -125,6 +125,7 @@ pub async fn revoke_consent(
         return Ok(false);
     }
     crate::store::tokens::revoke_families_of(
+        &state.store,
         &mut tx,
         &session.user_id,
         client_id,
@@ -149,5 +150,6 @@ pub async fn revoke_consent(
     )
     .await?;
     tx.commit().await?;
+    state.introspection_cache.clear();
     Ok(true)
 }

@@ -68,7 +68,7 @@ async fn handle(
         .get("grant_type")?
         .ok_or_else(|| OAuthError::invalid_request("grant_type is required"))?;
     let grant = match GrantType::parse(grant_type) {
-        Some(g) if g != GrantType::TokenExchange => g,
+        Some(g) => g,
         _ => {
             return Err(OAuthError::new(
                 ErrorCode::UnsupportedGrantType,
@@ -139,8 +139,14 @@ async fn authorization_code(
     if record.used_at.is_some() {
         // RFC 6749 §4.1.2: a replayed code revokes what its first use issued.
         if let Some(family) = &record.family_id {
-            crate::store::tokens::revoke_family(&mut tx, family, now, "authorization code reuse")
-                .await?;
+            crate::store::tokens::revoke_family(
+                &state.store,
+                &mut tx,
+                family,
+                now,
+                "authorization code reuse",
+            )
+            .await?;
         }
         audit::record(
             &state.store,
@@ -154,6 +160,7 @@ async fn authorization_code(
         )
         .await?;
         tx.commit().await.map_err(StoreError::from)?;
+        state.introspection_cache.clear();
         tracing::warn!(event = "oauth.code_reuse", client_id = %client.id, "authorization code replayed; its tokens are revoked");
         return Err(OAuthError::invalid_grant(
             "the authorization code was already used; tokens issued with it are revoked",
@@ -274,8 +281,14 @@ async fn refresh(
     }
     if record.used_at.is_some() {
         // Reuse of a rotated token: someone holds a copy. Kill the family.
-        crate::store::tokens::revoke_family(&mut tx, &record.family_id, now, "refresh token reuse")
-            .await?;
+        crate::store::tokens::revoke_family(
+            &state.store,
+            &mut tx,
+            &record.family_id,
+            now,
+            "refresh token reuse",
+        )
+        .await?;
         audit::record(
             &state.store,
             &mut tx,
@@ -288,6 +301,7 @@ async fn refresh(
         )
         .await?;
         tx.commit().await.map_err(StoreError::from)?;
+        state.introspection_cache.clear();
         tracing::warn!(event = "oauth.refresh_reuse", client_id = %client.id, family_id = %record.family_id, "refresh token reused; family revoked");
         return Err(OAuthError::invalid_grant(
             "the refresh token was already used; every token of this grant is revoked",

@@ -108,13 +108,26 @@ pub async fn mark_refresh_used(tx: &mut Tx, token_hash: &str, now: i64) -> Store
     Ok(done.rows_affected() == 1)
 }
 
+/// Tells every replica (PostgreSQL `NOTIFY`, delivered at commit) to drop
+/// cached introspection results.
+pub async fn notify_revocation(store: &Store, tx: &mut Tx) -> StoreResult<()> {
+    if store.backend() == super::Backend::Postgres {
+        sqlx::query("NOTIFY portcullis_revocations")
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
+}
+
 /// Revokes a family and every token in it.
 pub async fn revoke_family(
+    store: &Store,
     tx: &mut Tx,
     family_id: &str,
     now: i64,
     reason: &str,
 ) -> StoreResult<()> {
+    notify_revocation(store, tx).await?;
     sqlx::query(
         "UPDATE token_families SET revoked_at = $1, revoked_reason = $2 WHERE id = $3 AND revoked_at IS NULL",
     )
@@ -160,12 +173,14 @@ pub async fn find_access(
 
 /// Revokes every family (and its tokens) a user holds at a client.
 pub async fn revoke_families_of(
+    store: &Store,
     tx: &mut Tx,
     user_id: &str,
     client_id: &str,
     now: i64,
     reason: &str,
 ) -> StoreResult<()> {
+    notify_revocation(store, tx).await?;
     let families = "SELECT id FROM token_families WHERE user_id = $2 AND client_id = $3";
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "UPDATE refresh_tokens SET revoked_at = $1 WHERE revoked_at IS NULL AND family_id IN ({families})"
@@ -194,4 +209,42 @@ pub async fn revoke_families_of(
     .execute(&mut **tx)
     .await?;
     Ok(())
+}
+
+/// Revokes one access token if `client_id` owns it; true when it did.
+pub async fn revoke_access(
+    store: &Store,
+    tx: &mut Tx,
+    token_hash: &str,
+    client_id: &str,
+    now: i64,
+) -> StoreResult<bool> {
+    let done = sqlx::query(
+        "UPDATE access_tokens SET revoked_at = $1 WHERE token_hash = $2 AND client_id = $3 AND revoked_at IS NULL",
+    )
+    .bind(now)
+    .bind(token_hash)
+    .bind(client_id)
+    .execute(&mut **tx)
+    .await?;
+    if done.rows_affected() > 0 {
+        notify_revocation(store, tx).await?;
+        return Ok(true);
+    }
+    Ok(false)
+}
+
+/// Read-only lookup (introspection).
+pub async fn find_refresh(
+    store: &Store,
+    token_hash: &str,
+) -> StoreResult<Option<RefreshTokenRecord>> {
+    let sql = format!(
+        "SELECT {REFRESH_COLUMNS} FROM refresh_tokens r JOIN token_families f ON f.id = r.family_id \
+         LEFT JOIN sessions s ON s.id = r.session_id WHERE r.token_hash = $1"
+    );
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(token_hash)
+        .fetch_optional(store.reader())
+        .await?)
 }

@@ -3,6 +3,14 @@
 //! Every token records its client, user, session (`sid`), scope and family,
 //! so revoking a family or ending a session kills all of them at once.
 
+pub mod cache;
+pub mod exchange;
+pub mod introspect;
+pub mod jwt;
+pub mod revoke;
+
+use axum::Router;
+
 use crate::app::AppState;
 use crate::crypto;
 use crate::store::{StoreResult, Tx};
@@ -165,7 +173,14 @@ pub async fn mint(
     })
 }
 
-/// The access token's record if it is one of ours and active now.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .merge(introspect::router())
+        .merge(revoke::router())
+}
+
+/// The access token's record if it is one of ours and active now; served
+/// from the introspection cache when possible.
 pub async fn active_access_token(
     state: &AppState,
     token: &str,
@@ -173,7 +188,18 @@ pub async fn active_access_token(
     if !token.starts_with(ACCESS_PREFIX) || token.len() > 100 {
         return Ok(None);
     }
-    let record =
-        crate::store::tokens::find_access(&state.store, &crypto::sha256_hex(token)).await?;
-    Ok(record.filter(|r| r.is_active(state.clock.now())))
+    let now = state.clock.now();
+    let hash = crypto::sha256_hex(token);
+    if let Some(hit) = state.introspection_cache.get(&hash, now) {
+        return Ok(Some(hit));
+    }
+    let generation = state.introspection_cache.generation();
+    let record = crate::store::tokens::find_access(&state.store, &hash).await?;
+    let active = record.filter(|r| r.is_active(now));
+    if let Some(r) = &active {
+        state
+            .introspection_cache
+            .insert(hash, r.clone(), generation);
+    }
+    Ok(active)
 }

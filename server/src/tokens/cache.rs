@@ -1,0 +1,128 @@
+//! In-memory introspection cache for the gateway hot path.
+//!
+//! Only *active* access-token records are cached, each for at most
+//! `tokens.introspection_cache_ttl` (and never past the token's expiry).
+//! Any revocation clears the whole cache: locally right after the commit,
+//! and on every other replica through PostgreSQL `LISTEN/NOTIFY` (the
+//! NOTIFY is sent inside the revoking transaction, so it is delivered only
+//! if the revocation committed). While the listener is disconnected the
+//! cache is bypassed. A generation counter stops a lookup that read the
+//! database before a revocation from re-inserting the stale record after it.
+
+use std::collections::HashMap;
+use std::sync::RwLock;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::tokens::AccessTokenRecord;
+
+pub const CHANNEL: &str = "portcullis_revocations";
+const MAX_ENTRIES: usize = 100_000;
+
+#[derive(Debug)]
+pub struct IntrospectionCache {
+    ttl: Duration,
+    entries: RwLock<HashMap<String, (AccessTokenRecord, Instant)>>,
+    generation: AtomicU64,
+    enabled: AtomicBool,
+}
+
+impl IntrospectionCache {
+    /// `enabled` is false until a replica-wide invalidation channel exists
+    /// (PostgreSQL listener up); a single SQLite process enables it at once.
+    pub fn new(ttl: Duration, enabled: bool) -> Self {
+        IntrospectionCache {
+            ttl,
+            entries: RwLock::new(HashMap::new()),
+            generation: AtomicU64::new(0),
+            enabled: AtomicBool::new(enabled),
+        }
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
+    pub fn get(&self, token_hash: &str, now: i64) -> Option<AccessTokenRecord> {
+        if !self.enabled.load(Ordering::SeqCst) {
+            return None;
+        }
+        let entries = self.entries.read().ok()?;
+        let (record, at) = entries.get(token_hash)?;
+        (at.elapsed() < self.ttl && record.is_active(now)).then(|| record.clone())
+    }
+
+    /// Caches an active record read at `generation`, unless a revocation
+    /// happened since.
+    pub fn insert(&self, token_hash: String, record: AccessTokenRecord, generation: u64) {
+        if !self.enabled.load(Ordering::SeqCst) {
+            return;
+        }
+        if let Ok(mut entries) = self.entries.write() {
+            if self.generation.load(Ordering::SeqCst) != generation {
+                return;
+            }
+            if entries.len() >= MAX_ENTRIES {
+                entries.clear();
+            }
+            entries.insert(token_hash, (record, Instant::now()));
+        }
+    }
+
+    /// Forgets everything (a revocation happened somewhere).
+    pub fn clear(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        if let Ok(mut entries) = self.entries.write() {
+            entries.clear();
+        }
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+
+    pub fn set_enabled(&self, enabled: bool) {
+        self.clear();
+        self.enabled.store(enabled, Ordering::SeqCst);
+    }
+
+    pub fn is_enabled(&self) -> bool {
+        self.enabled.load(Ordering::SeqCst)
+    }
+}
+
+/// Keeps a `LISTEN` connection open and clears the cache on every
+/// notification; on disconnect the cache is disabled until listening again.
+pub async fn listen_for_revocations(url: String, cache: std::sync::Arc<IntrospectionCache>) {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let listener = async {
+            let mut l = sqlx::postgres::PgListener::connect(&url).await?;
+            l.listen(CHANNEL).await?;
+            Ok::<_, sqlx::Error>(l)
+        }
+        .await;
+        let mut listener = match listener {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "revocation listener cannot connect; introspection cache disabled");
+                cache.set_enabled(false);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(200);
+        cache.set_enabled(true);
+        tracing::info!("listening for revocations");
+        loop {
+            match listener.try_recv().await {
+                Ok(Some(_)) => cache.clear(),
+                Ok(None) | Err(_) => {
+                    tracing::warn!(
+                        "revocation listener lost its connection; introspection cache disabled"
+                    );
+                    cache.set_enabled(false);
+                    break;
+                }
+            }
+        }
+    }
+}
