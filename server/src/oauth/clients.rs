@@ -103,7 +103,7 @@ pub struct NewClient {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("invalid client id {0:?}: use 3 to 128 characters from A-Z, a-z, 0-9, '.', '_', '-'")]
+    #[error("invalid client id {0:?}: use 1 to 128 characters from A-Z, a-z, 0-9, '.', '_', '-'")]
     InvalidId(String),
     #[error("a client name is required (1 to 200 characters)")]
     InvalidName,
@@ -152,7 +152,7 @@ impl fmt::Debug for ClientSecret {
 }
 
 fn valid_client_id(id: &str) -> bool {
-    (3..=128).contains(&id.len())
+    (1..=128).contains(&id.len())
         && id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))

@@ -67,14 +67,11 @@ async fn handle(
     let grant_type = params
         .get("grant_type")?
         .ok_or_else(|| OAuthError::invalid_request("grant_type is required"))?;
-    let grant = match GrantType::parse(grant_type) {
-        Some(g) => g,
-        _ => {
-            return Err(OAuthError::new(
-                ErrorCode::UnsupportedGrantType,
-                format!("grant_type `{grant_type}` is not supported"),
-            ));
-        }
+    let Some(grant) = GrantType::parse(grant_type) else {
+        return Err(OAuthError::new(
+            ErrorCode::UnsupportedGrantType,
+            format!("grant_type `{grant_type}` is not supported"),
+        ));
     };
     if !client.allows_grant(grant) {
         return Err(OAuthError::new(
@@ -86,10 +83,9 @@ async fn handle(
         GrantType::AuthorizationCode => authorization_code(state, &client, &params).await,
         GrantType::RefreshToken => refresh(state, &client, &params).await,
         GrantType::ClientCredentials => client_credentials(state, &client, &params).await,
-        GrantType::TokenExchange => Err(OAuthError::new(
-            ErrorCode::UnsupportedGrantType,
-            "not supported",
-        )),
+        GrantType::TokenExchange => {
+            crate::tokens::exchange::exchange(state, &client, &params).await
+        }
     }
 }
 
