@@ -28,6 +28,10 @@ pub struct AppState {
     pub keys: Arc<KeyRing>,
     pub metrics: Arc<Metrics>,
     pub introspection_cache: Arc<crate::tokens::cache::IntrospectionCache>,
+    /// Wakes the outbox worker when a message is queued.
+    pub outbox_wake: Arc<tokio::sync::Notify>,
+    /// Outgoing HTTP (back-channel logout, webhooks): short timeouts, no redirects.
+    pub http_client: reqwest::Client,
 }
 
 /// What start-up did, for the operator.
@@ -81,7 +85,16 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Startup, Startu
         config.tokens.introspection_cache_ttl,
         store.backend() == crate::store::Backend::Sqlite,
     );
+    let http_client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .connect_timeout(Duration::from_secs(3))
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("portcullis/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .unwrap_or_default();
     let state = AppState {
+        outbox_wake: Arc::new(tokio::sync::Notify::new()),
+        http_client,
         introspection_cache: Arc::new(cache),
         keys: Arc::new(KeyRing::new(config.keys.dir.clone(), loaded.set)),
         config: Arc::new(config),
@@ -104,6 +117,7 @@ pub fn public_router(state: AppState) -> Router {
         .merge(crate::oauth::router())
         .merge(crate::tokens::router())
         .merge(crate::sessions::login::router())
+        .merge(crate::sessions::account::router())
         .route("/static/portcullis.css", axum::routing::get(stylesheet))
         .layer(middleware::from_fn(crate::web::security_headers))
         .layer(middleware::from_fn_with_state(
@@ -205,6 +219,8 @@ pub async fn serve(
         let _ = tx.send(true);
     });
     let reload = tokio::spawn(reload_keys_periodically(state.clone()));
+    let outbox = tokio::spawn(crate::outbox::run(state.clone()));
+    let sweeper = tokio::spawn(sweep_sessions_periodically(state.clone()));
     let listener = (state.store.backend() == crate::store::Backend::Postgres).then(|| {
         tokio::spawn(crate::tokens::cache::listen_for_revocations(
             state.config.database.url.clone(),
@@ -226,11 +242,25 @@ pub async fn serve(
     .with_graceful_shutdown(wait(rx));
     let result = tokio::try_join!(public.into_future(), admin.into_future());
     reload.abort();
+    outbox.abort();
+    sweeper.abort();
     if let Some(l) = listener {
         l.abort();
     }
     state.store.close().await;
     result.map(|_| ())
+}
+
+async fn sweep_sessions_periodically(state: AppState) {
+    let mut tick = tokio::time::interval(Duration::from_secs(15));
+    loop {
+        tick.tick().await;
+        match crate::sessions::end::sweep_timeouts(&state).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(ended = n, "ended timed-out sessions"),
+            Err(e) => tracing::warn!(error = %e, "session sweeper failed"),
+        }
+    }
 }
 
 async fn reload_keys_periodically(state: AppState) {

@@ -103,6 +103,9 @@ struct ClientCreateArgs {
     public: bool,
     #[arg(long = "redirect-uri", value_name = "URI")]
     redirect_uris: Vec<String>,
+    /// Where RP-initiated logout may send the browser afterwards (repeatable).
+    #[arg(long = "post-logout-redirect-uri", value_name = "URI")]
+    post_logout_redirect_uris: Vec<String>,
     #[arg(long = "grant", value_name = "GRANT")]
     grants: Vec<String>,
     /// Space-separated scopes the client may request (default: "openid").
@@ -376,6 +379,7 @@ async fn client_create(
             id: a.id,
             is_public: a.public,
             redirect_uris: a.redirect_uris,
+            post_logout_redirect_uris: a.post_logout_redirect_uris,
             grant_types: a.grants,
             scope: a.scope,
             backchannel_logout_uri: a.backchannel_logout_uri,

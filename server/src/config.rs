@@ -16,7 +16,16 @@ pub struct Config {
     pub tokens: TokensConfig,
     pub sessions: SessionsConfig,
     pub refunds: RefundsConfig,
+    pub outbox: OutboxConfig,
     pub log: LogConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct OutboxConfig {
+    /// First retry delay; doubles with every failed attempt (capped at 1 h).
+    pub retry_base: Duration,
+    /// Attempts before a message is given up on (audited, counted).
+    pub max_attempts: i64,
 }
 
 #[derive(Debug, Clone)]
@@ -104,6 +113,8 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("sessions.absolute_timeout", "12h"),
     ("refunds.four_eyes_threshold", ""),
     ("refunds.default_threshold", "10000"),
+    ("outbox.retry_base", "5s"),
+    ("outbox.max_attempts", "8"),
     ("log.level", "info"),
 ];
 
@@ -224,6 +235,10 @@ impl Config {
                     0,
                     i64::MAX,
                 )?,
+            },
+            outbox: OutboxConfig {
+                retry_base: parse_key_duration("outbox.retry_base", get("outbox.retry_base"))?,
+                max_attempts: parse_num("outbox.max_attempts", get("outbox.max_attempts"), 1, 100)?,
             },
             log: LogConfig {
                 level: get("log.level").to_string(),

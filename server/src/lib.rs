@@ -12,6 +12,7 @@ pub mod keys;
 pub mod oauth;
 pub mod oidc;
 pub mod ops;
+pub mod outbox;
 pub mod permissions;
 pub mod sessions;
 pub mod store;

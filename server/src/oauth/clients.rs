@@ -55,6 +55,7 @@ pub struct Client {
     pub name: String,
     pub is_public: bool,
     pub redirect_uris: Vec<String>,
+    pub post_logout_redirect_uris: Vec<String>,
     pub grant_types: Vec<GrantType>,
     pub scopes: Vec<String>,
     pub backchannel_logout_uri: Option<String>,
@@ -92,6 +93,7 @@ pub struct NewClient {
     pub id: Option<String>,
     pub is_public: bool,
     pub redirect_uris: Vec<String>,
+    pub post_logout_redirect_uris: Vec<String>,
     pub grant_types: Vec<String>,
     pub scope: Option<String>,
     pub backchannel_logout_uri: Option<String>,
@@ -223,7 +225,11 @@ fn build(new: NewClient, now: i64) -> Result<(Client, Option<ClientSecret>), Cli
         Some(id) => return Err(ClientError::InvalidId(id)),
         None => crypto::random_id(),
     };
-    for uri in &new.redirect_uris {
+    for uri in new
+        .redirect_uris
+        .iter()
+        .chain(&new.post_logout_redirect_uris)
+    {
         check_redirect_uri(uri)?;
     }
     let mut grants = Vec::new();
@@ -305,6 +311,7 @@ fn build(new: NewClient, now: i64) -> Result<(Client, Option<ClientSecret>), Cli
         name,
         is_public: new.is_public,
         redirect_uris: new.redirect_uris,
+        post_logout_redirect_uris: new.post_logout_redirect_uris,
         grant_types: grants,
         scopes,
         backchannel_logout_uri: new.backchannel_logout_uri,

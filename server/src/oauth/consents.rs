@@ -10,8 +10,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
 use crate::app::AppState;
-use crate::audit::{self, Actor, ActorKind, AuditContext, AuditEvent};
+use crate::audit::{self, AuditContext, AuditEvent};
 use crate::error::AppError;
+use crate::sessions::account::{check_csrf, require_session, self_ctx, wants_json};
 use crate::sessions::{self, Session};
 use crate::store::StoreError;
 use crate::web::csrf;
@@ -22,22 +23,6 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/account/consents", get(list))
         .route("/account/consents/{client_id}/revoke", post(revoke))
-}
-
-fn wants_json(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.contains("application/json"))
-}
-
-async fn require_session(state: &AppState, headers: &HeaderMap) -> Result<Session, Response> {
-    match sessions::current(state, headers).await {
-        Ok(Some(s)) => Ok(s),
-        Ok(None) if wants_json(headers) => Err(AppError::Unauthorized.into_response()),
-        Ok(None) => Err((StatusCode::SEE_OTHER, [(header::LOCATION, "/login")]).into_response()),
-        Err(e) => Err(AppError::from(e).into_response()),
-    }
 }
 
 async fn list(State(state): State<AppState>, headers: HeaderMap) -> Response {
@@ -91,14 +76,10 @@ async fn revoke(
         Err(r) => return r,
     };
     let params = Params::parse(&body).unwrap_or_default();
-    if !csrf::verify(
-        &sessions::cookie_policy(&state),
-        &headers,
-        params.field(csrf::CSRF_FIELD),
-    ) {
-        return AppError::Forbidden("invalid or missing CSRF token".into()).into_response();
+    if let Err(r) = check_csrf(&state, &headers, &params) {
+        return r;
     }
-    match revoke_consent(&state, &session, &client_id).await {
+    match revoke_consent(&state, &session, &client_id, &self_ctx(&session, &headers)).await {
         Ok(true) if wants_json(&headers) => {
             axum::Json(serde_json::json!({"revoked": client_id})).into_response()
         }
@@ -118,6 +99,7 @@ pub async fn revoke_consent(
     state: &AppState,
     session: &Session,
     client_id: &str,
+    ctx: &AuditContext,
 ) -> Result<bool, StoreError> {
     let now = state.clock.now();
     let mut tx = state.store.begin().await?;
@@ -137,15 +119,7 @@ pub async fn revoke_consent(
         &state.store,
         &mut tx,
         state.clock.now_ms(),
-        &AuditContext {
-            actor: Actor {
-                kind: ActorKind::User,
-                id: session.user_id.clone(),
-                session: Some(session.id.clone()),
-            },
-            request_id: None,
-            ip: None,
-        },
+        ctx,
         AuditEvent::new("consent.revoke", format!("client:{client_id}")),
     )
     .await?;

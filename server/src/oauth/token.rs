@@ -327,6 +327,10 @@ async fn refresh(
     if !crate::store::tokens::mark_refresh_used(&mut tx, &hash, now).await? {
         return Err(bad());
     }
+    // Using the grant is activity in the session (idle timeout).
+    if let Some(sid) = &record.session_id {
+        crate::store::sessions::touch_tx(&mut tx, sid, now).await?;
+    }
     let grant = TokenGrant {
         client_id: client.id.clone(),
         user_id: Some(record.user_id.clone()),

@@ -2,11 +2,15 @@
 //! cookie; only its SHA-256 is stored. The session's public id is the `sid`
 //! claim that links every token issued through it.
 
+pub mod account;
+pub mod device;
+pub mod end;
 pub mod login;
 
 use serde::Serialize;
 
 use crate::app::AppState;
+use crate::audit::AuditContext;
 use crate::crypto;
 use crate::store::StoreError;
 use crate::web::cookies::{CookiePolicy, SameSite};
@@ -25,6 +29,54 @@ pub struct Session {
     pub ip: Option<String>,
     pub user_agent: Option<String>,
     pub ended_at: Option<i64>,
+    /// `user` (the person), `support` (staff), `system` (timeout), `logout` (RP logout).
+    pub ended_by: Option<String>,
+    pub ended_by_id: Option<String>,
+    pub end_reason: Option<String>,
+    pub ticket_id: Option<String>,
+}
+
+impl Session {
+    pub fn is_live(&self) -> bool {
+        self.ended_at.is_none()
+    }
+
+    /// The JSON shape shared by `/account/sessions` and the admin API.
+    pub fn view(&self, current_id: Option<&str>) -> serde_json::Value {
+        let time = |t: i64| crate::clock::rfc3339_ms(t.saturating_mul(1000));
+        let mut v = serde_json::json!({
+            "id": self.id,
+            "ip": self.ip,
+            "user_agent": self.user_agent,
+            "device": device::describe(self.user_agent.as_deref()),
+            "created_at": time(self.created_at),
+            "last_seen_at": time(self.last_seen_at),
+            "auth_time": time(self.auth_time),
+            "amr": self.amr,
+            "acr": self.acr,
+            "state": if self.is_live() { "active" } else { "ended" },
+            "ended_at": self.ended_at.map(time),
+            "ended_by": self.ended_by,
+            "end_reason": self.end_reason,
+            "ticket_id": self.ticket_id,
+        });
+        if let Some(current) = current_id {
+            v["current"] = (current == self.id).into();
+        }
+        v
+    }
+}
+
+/// Staff search filters (all optional).
+#[derive(Debug, Clone, Default)]
+pub struct SessionFilter {
+    pub username: Option<String>,
+    pub client_id: Option<String>,
+    pub ip: Option<String>,
+    /// `active` or `ended`.
+    pub state: Option<String>,
+    pub created_from: Option<i64>,
+    pub created_to: Option<i64>,
 }
 
 /// How the person authenticated, recorded at login.
@@ -83,6 +135,10 @@ pub async fn login(
                 ip: auth.ip,
                 user_agent: auth.user_agent,
                 ended_at: None,
+                ended_by: None,
+                ended_by_id: None,
+                end_reason: None,
+                ticket_id: None,
             };
             crate::store::sessions::insert(&state.store, &session, &secret_hash).await?;
             session
@@ -124,9 +180,22 @@ pub async fn current(
     let idle = i64::try_from(state.config.sessions.idle_timeout.as_secs()).unwrap_or(i64::MAX);
     let absolute =
         i64::try_from(state.config.sessions.absolute_timeout.as_secs()).unwrap_or(i64::MAX);
-    if now.saturating_sub(session.last_seen_at) > idle
-        || now.saturating_sub(session.created_at) > absolute
-    {
+    let idle_out = now.saturating_sub(session.last_seen_at) > idle;
+    if idle_out || now.saturating_sub(session.created_at) > absolute {
+        let reason = if idle_out {
+            end::IDLE_TIMEOUT
+        } else {
+            end::ABSOLUTE_TIMEOUT
+        };
+        end::end_session(
+            state,
+            &session.id,
+            &end::Ender::system(),
+            reason,
+            None,
+            &AuditContext::system("sessions"),
+        )
+        .await?;
         return Ok(None);
     }
     if now - session.last_seen_at >= 60 {

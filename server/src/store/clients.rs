@@ -3,7 +3,7 @@ use crate::oauth::clients::{Client, GrantType};
 
 const COLUMNS: &str = "id, name, secret_hash, is_public, redirect_uris, grant_types, scopes, \
      backchannel_logout_uri, first_party, may_introspect, exchange_audiences, id_token_alg, \
-     created_at, updated_at";
+     created_at, updated_at, post_logout_redirect_uris";
 
 #[derive(sqlx::FromRow)]
 struct ClientRow {
@@ -21,6 +21,7 @@ struct ClientRow {
     id_token_alg: String,
     created_at: i64,
     updated_at: i64,
+    post_logout_redirect_uris: String,
 }
 
 impl TryFrom<ClientRow> for Client {
@@ -40,6 +41,10 @@ impl TryFrom<ClientRow> for Client {
             .collect::<Result<_, _>>()?;
         Ok(Client {
             redirect_uris: list(&r.redirect_uris, "redirect_uris")?,
+            post_logout_redirect_uris: list(
+                &r.post_logout_redirect_uris,
+                "post_logout_redirect_uris",
+            )?,
             exchange_audiences: list(&r.exchange_audiences, "exchange_audiences")?,
             grant_types,
             scopes: r
@@ -71,8 +76,8 @@ pub async fn insert(tx: &mut Tx, c: &Client) -> StoreResult<()> {
     sqlx::query(
         "INSERT INTO clients (id, name, secret_hash, is_public, redirect_uris, grant_types, scopes, \
          backchannel_logout_uri, first_party, may_introspect, exchange_audiences, id_token_alg, \
-         created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+         created_at, updated_at, post_logout_redirect_uris) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
     )
     .bind(&c.id)
     .bind(&c.name)
@@ -88,6 +93,7 @@ pub async fn insert(tx: &mut Tx, c: &Client) -> StoreResult<()> {
     .bind(&c.id_token_alg)
     .bind(c.created_at)
     .bind(c.updated_at)
+    .bind(json_list(&c.post_logout_redirect_uris))
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -98,6 +104,15 @@ pub async fn find(store: &Store, id: &str) -> StoreResult<Option<Client>> {
     let row: Option<ClientRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(id)
         .fetch_optional(store.reader())
+        .await?;
+    row.map(Client::try_from).transpose()
+}
+
+pub async fn find_tx(tx: &mut Tx, id: &str) -> StoreResult<Option<Client>> {
+    let sql = format!("SELECT {COLUMNS} FROM clients WHERE id = $1");
+    let row: Option<ClientRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(id)
+        .fetch_optional(&mut **tx)
         .await?;
     row.map(Client::try_from).transpose()
 }

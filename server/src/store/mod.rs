@@ -10,6 +10,7 @@
 pub mod audit;
 pub mod clients;
 pub mod oauth;
+pub mod outbox;
 pub mod roles;
 pub mod sessions;
 pub mod tokens;

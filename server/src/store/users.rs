@@ -165,3 +165,13 @@ pub async fn find_by_id(store: &Store, id: &str) -> StoreResult<Option<User>> {
         .await?;
     Ok(row.map(User::from))
 }
+
+pub async fn set_password(tx: &mut Tx, id: &str, hash: &str, now: i64) -> StoreResult<()> {
+    sqlx::query("UPDATE users SET password_hash = $1, updated_at = $2 WHERE id = $3")
+        .bind(hash)
+        .bind(now)
+        .bind(id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}

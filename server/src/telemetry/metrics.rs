@@ -12,6 +12,9 @@ pub struct Metrics {
     public_responses: [AtomicU64; 5],
     admin_responses: [AtomicU64; 5],
     pub key_reloads: AtomicU64,
+    pub outbox_delivered: AtomicU64,
+    pub outbox_attempt_failures: AtomicU64,
+    pub outbox_failed: AtomicU64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -63,6 +66,29 @@ impl Metrics {
             "portcullis_key_reloads_total {}",
             self.key_reloads.load(Ordering::Relaxed)
         );
+        for (name, help, counter) in [
+            (
+                "portcullis_outbox_delivered_total",
+                "Outbox messages delivered.",
+                &self.outbox_delivered,
+            ),
+            (
+                "portcullis_outbox_attempt_failures_total",
+                "Failed outbox delivery attempts (retried).",
+                &self.outbox_attempt_failures,
+            ),
+            (
+                "portcullis_outbox_failed_total",
+                "Outbox messages given up on after all attempts.",
+                &self.outbox_failed,
+            ),
+        ] {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                counter.load(Ordering::Relaxed)
+            );
+        }
         out
     }
 }

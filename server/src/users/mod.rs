@@ -267,3 +267,27 @@ pub async fn authenticate(
         _ => Err(AuthError::InvalidCredentials),
     }
 }
+
+/// Sets a new password (the caller has verified the old one).
+pub async fn change_password(
+    store: &Store,
+    clock: &dyn Clock,
+    ctx: &AuditContext,
+    user_id: &str,
+    new_password: &str,
+) -> Result<(), UserError> {
+    check_password(new_password)?;
+    let hash = hash_password(new_password)?;
+    let mut tx = store.begin().await?;
+    crate::store::users::set_password(&mut tx, user_id, &hash, clock.now()).await?;
+    audit::record(
+        store,
+        &mut tx,
+        clock.now_ms(),
+        ctx,
+        AuditEvent::new("user.password_change", format!("user_id:{user_id}")),
+    )
+    .await?;
+    tx.commit().await.map_err(StoreError::from)?;
+    Ok(())
+}
