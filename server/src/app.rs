@@ -141,6 +141,7 @@ async fn stylesheet() -> impl axum::response::IntoResponse {
 pub fn admin_router(state: AppState) -> Router {
     Router::new()
         .merge(crate::ops::router())
+        .merge(crate::admin_api::router())
         .layer(middleware::from_fn_with_state(
             (state.clone(), Listener::Admin),
             request_context,

@@ -1,6 +1,7 @@
 //! Portcullis: an OAuth 2.0 / OpenID Connect authorization server for
 //! high-risk domains. See `shared/DESIGN.md` and the README.
 
+pub mod admin_api;
 pub mod app;
 pub mod audit;
 pub mod cli;

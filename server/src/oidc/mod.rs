@@ -1,6 +1,7 @@
 //! OpenID Connect: discovery, JWKS, id_token, userinfo.
 
 pub mod id_token;
+pub mod logout;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -18,6 +19,7 @@ pub fn router() -> Router<AppState> {
         .route("/.well-known/openid-configuration", get(discovery))
         .route("/.well-known/oauth-authorization-server", get(discovery))
         .route("/userinfo", get(userinfo_get).post(userinfo_post))
+        .merge(logout::router())
 }
 
 async fn jwks(State(state): State<AppState>) -> impl IntoResponse {
@@ -45,6 +47,9 @@ pub fn discovery_document(issuer: &str) -> serde_json::Value {
         "userinfo_endpoint": format!("{issuer}/userinfo"),
         "introspection_endpoint": format!("{issuer}/introspect"),
         "revocation_endpoint": format!("{issuer}/revoke"),
+        "end_session_endpoint": format!("{issuer}/logout"),
+        "backchannel_logout_supported": true,
+        "backchannel_logout_session_supported": true,
         "jwks_uri": format!("{issuer}/jwks.json"),
         "response_types_supported": ["code"],
         "response_modes_supported": ["query"],
