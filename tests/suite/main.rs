@@ -9,3 +9,5 @@
 mod support;
 
 mod foundation;
+mod gateway;
+mod oauth;

@@ -76,8 +76,8 @@ async fn revoke(
         Err(r) => return r,
     };
     let params = Params::parse(&body).unwrap_or_default();
-    if let Err(r) = check_csrf(&state, &headers, &params) {
-        return r;
+    if let Err(e) = check_csrf(&state, &headers, &params) {
+        return e.into_response();
     }
     match revoke_consent(&state, &session, &client_id, &self_ctx(&session, &headers)).await {
         Ok(true) if wants_json(&headers) => {

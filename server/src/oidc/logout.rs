@@ -37,8 +37,9 @@ fn bad(message: &str) -> Response {
     html::error_page(StatusCode::BAD_REQUEST, message)
 }
 
-async fn parse(state: &AppState, params: &Params) -> Result<LogoutRequest, Response> {
-    let get = |n: &str| params.get(n).map_err(|e| bad(&e.to_string()));
+/// The validated request, or the message to show.
+async fn parse(state: &AppState, params: &Params) -> Result<LogoutRequest, String> {
+    let get = |n: &str| params.get(n).map_err(|e| e.to_string());
     let mut client_id = get("client_id")?.map(str::to_string);
     let mut hinted_sid = None;
     if let Some(hint) = get("id_token_hint")? {
@@ -54,9 +55,11 @@ async fn parse(state: &AppState, params: &Params) -> Result<LogoutRequest, Respo
                 state.clock.now(),
                 state.config.retired_key_retention(),
             )
-            .map_err(|_| bad("The id_token_hint is not a valid ID token from this server."))?;
+            .map_err(|_| {
+                "The id_token_hint is not a valid ID token from this server.".to_string()
+            })?;
         if claims.issuer() != Some(state.config.issuer.as_str()) {
-            return Err(bad("The id_token_hint was issued by someone else."));
+            return Err("The id_token_hint was issued by someone else.".into());
         }
         let aud = claims
             .audience()
@@ -64,7 +67,7 @@ async fn parse(state: &AppState, params: &Params) -> Result<LogoutRequest, Respo
         if let (Some(c), Some(a)) = (&client_id, &aud)
             && c != a
         {
-            return Err(bad("client_id does not match the id_token_hint."));
+            return Err("client_id does not match the id_token_hint.".into());
         }
         client_id = client_id.or(aud);
         hinted_sid = claims
@@ -81,9 +84,10 @@ async fn parse(state: &AppState, params: &Params) -> Result<LogoutRequest, Respo
         let registered =
             client.is_some_and(|c| c.post_logout_redirect_uris.iter().any(|r| r == uri));
         if !registered {
-            return Err(bad(
-                "The post_logout_redirect_uri is not registered for this application, so you are not being sent back to it.",
-            ));
+            return Err(
+                "The post_logout_redirect_uri is not registered for this application, so you are not being sent back to it."
+                    .into(),
+            );
         }
     }
     Ok(LogoutRequest {
@@ -105,7 +109,7 @@ async fn logout_get(
     };
     let req = match parse(&state, &params).await {
         Ok(r) => r,
-        Err(r) => return r,
+        Err(m) => return bad(&m),
     };
     let session = match sessions::current(&state, &headers).await {
         Ok(s) => s,
@@ -134,7 +138,7 @@ async fn logout_post(State(state): State<AppState>, headers: HeaderMap, body: By
     }
     let mut req = match parse(&state, &params).await {
         Ok(r) => r,
-        Err(r) => return r,
+        Err(m) => return bad(&m),
     };
     req.hinted_sid = None;
     match sessions::current(&state, &headers).await {

@@ -53,13 +53,13 @@ pub async fn require_session(state: &AppState, headers: &HeaderMap) -> Result<Se
 }
 
 /// CSRF check for account POSTs: form field or `X-CSRF-Token` header.
-pub fn check_csrf(state: &AppState, headers: &HeaderMap, params: &Params) -> Result<(), Response> {
+pub fn check_csrf(state: &AppState, headers: &HeaderMap, params: &Params) -> Result<(), AppError> {
     let header_token = headers.get("x-csrf-token").and_then(|v| v.to_str().ok());
     let submitted = params.field(csrf::CSRF_FIELD).or(header_token);
     if csrf::verify(&super::cookie_policy(state), headers, submitted) {
         Ok(())
     } else {
-        Err(AppError::Forbidden("invalid or missing CSRF token".into()).into_response())
+        Err(AppError::Forbidden("invalid or missing CSRF token".into()))
     }
 }
 
@@ -178,8 +178,8 @@ async fn end_one(
         Err(r) => return r,
     };
     let params = Params::parse(&body).unwrap_or_default();
-    if let Err(r) = check_csrf(&state, &headers, &params) {
-        return r;
+    if let Err(e) = check_csrf(&state, &headers, &params) {
+        return e.into_response();
     }
     // Only the caller's own sessions; anything else looks like "not found".
     let target = match crate::store::sessions::find(&state.store, &id).await {
@@ -225,8 +225,8 @@ async fn end_others(State(state): State<AppState>, headers: HeaderMap, body: Byt
         Err(r) => return r,
     };
     let params = Params::parse(&body).unwrap_or_default();
-    if let Err(r) = check_csrf(&state, &headers, &params) {
-        return r;
+    if let Err(e) = check_csrf(&state, &headers, &params) {
+        return e.into_response();
     }
     let ctx = self_ctx(&session, &headers);
     let ended = end::end_all_for_user(
@@ -280,8 +280,8 @@ async fn change_password(
         Err(r) => return r,
     };
     let params = Params::parse(&body).unwrap_or_default();
-    if let Err(r) = check_csrf(&state, &headers, &params) {
-        return r;
+    if let Err(e) = check_csrf(&state, &headers, &params) {
+        return e.into_response();
     }
     let current = params.field("current_password").unwrap_or("");
     let new = params.field("new_password").unwrap_or("");

@@ -1,0 +1,525 @@
+//! Issue 4: opaque tokens outside, signed JWTs inside — introspection
+//! (RFC 7662 / RFC 9701), revocation (RFC 7009), token exchange (RFC 8693),
+//! and revocation reaching every replica.
+
+use std::time::Duration;
+
+use crate::oauth::flow::{ClientAuth, Oidc};
+use crate::support::{Backend, eventually};
+
+backend_tests!(
+    introspection_answers_inactive_for_every_dead_token,
+    introspection_requires_an_allowed_caller,
+    jwt_introspection_verifies_with_an_independent_library,
+    revoking_a_refresh_token_kills_its_family,
+    revoking_someone_elses_token_changes_nothing,
+    token_exchange_is_limited_to_registered_audiences,
+);
+
+const INACTIVE: &str = r#"{"active":false}"#;
+
+async fn gateway(oidc: &Oidc) -> crate::oauth::flow::Client {
+    oidc.client(
+        "gw",
+        &[
+            "--grant",
+            "client_credentials",
+            "--scope",
+            "api",
+            "--may-introspect",
+            "--exchange-audience",
+            "orders-api",
+        ],
+    )
+    .await
+}
+
+async fn service(oidc: &Oidc) -> crate::oauth::flow::Client {
+    oidc.client(
+        "svc",
+        &["--grant", "client_credentials", "--scope", "api read write"],
+    )
+    .await
+}
+
+/// POST a form with Basic auth; returns (status, headers, body text).
+async fn post(
+    oidc: &Oidc,
+    path: &str,
+    client: &crate::oauth::flow::Client,
+    form: &[(&str, &str)],
+    accept: Option<&str>,
+) -> (u16, reqwest::header::HeaderMap, String) {
+    let mut req = oidc
+        .http
+        .post(oidc.url(path))
+        .basic_auth(&client.id, client.secret.as_deref())
+        .form(form);
+    if let Some(a) = accept {
+        req = req.header("accept", a);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    (status, headers, resp.text().await.unwrap())
+}
+
+async fn introspect(
+    oidc: &Oidc,
+    gw: &crate::oauth::flow::Client,
+    token: &str,
+) -> serde_json::Value {
+    let (status, headers, body) = post(oidc, "/introspect", gw, &[("token", token)], None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(headers["cache-control"], "no-store");
+    serde_json::from_str(&body).unwrap()
+}
+
+async fn introspect_raw(oidc: &Oidc, gw: &crate::oauth::flow::Client, token: &str) -> String {
+    let (status, _, body) = post(oidc, "/introspect", gw, &[("token", token)], None).await;
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+async fn introspection_answers_inactive_for_every_dead_token(backend: Backend) {
+    let oidc = Oidc::start_with(backend, &[("PORTCULLIS_TOKENS_ACCESS_TTL", "2s")]).await;
+    let gw = gateway(&oidc).await;
+    let svc = service(&oidc).await;
+    let app = oidc
+        .code_client("shop", "openid profile", &["--first-party"])
+        .await;
+    oidc.user("alice").await;
+
+    let live = oidc
+        .client_credentials(&svc, Some("api read"))
+        .await
+        .str("access_token");
+    assert!(
+        live.starts_with("pct_at_") && live.len() == 7 + 43,
+        "{live}"
+    );
+    let claims = introspect(&oidc, &gw, &live).await;
+    assert_eq!(claims["active"], true);
+    assert_eq!(claims["client_id"], "svc");
+    assert_eq!(claims["scope"], "api read");
+    assert_eq!(claims["token_type"], "Bearer");
+    assert_eq!(claims["iss"], oidc.issuer);
+    assert!(claims["exp"].as_i64().unwrap() > claims["iat"].as_i64().unwrap());
+
+    // User tokens carry the session and how the user signed in.
+    let tokens = oidc.login_and_redeem(&app, "alice", "openid profile").await;
+    let user_at = tokens["access_token"].as_str().unwrap().to_string();
+    let refresh = tokens["refresh_token"].as_str().unwrap().to_string();
+    let claims = introspect(&oidc, &gw, &user_at).await;
+    assert_eq!(claims["active"], true);
+    assert!(
+        claims["sid"].as_str().is_some_and(|s| !s.is_empty()),
+        "{claims}"
+    );
+    assert_eq!(claims["amr"], serde_json::json!(["pwd"]));
+    let rt_claims = introspect(&oidc, &gw, &refresh).await;
+    assert_eq!(rt_claims["active"], true);
+    assert_eq!(rt_claims["token_type"], "refresh_token");
+
+    // Unknown, malformed, empty-ish and foreign-looking tokens.
+    for token in [
+        "pct_at_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        "pct_rt_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        "not-a-token",
+        "eyJhbGciOiJub25lIn0.eyJzdWIiOiJ4In0.",
+        &"pct_at_x".repeat(500),
+        "%00",
+    ] {
+        assert_eq!(
+            introspect_raw(&oidc, &gw, token).await,
+            INACTIVE,
+            "{token:.40}"
+        );
+    }
+
+    // Revoked (by its client through RFC 7009).
+    let doomed = oidc
+        .client_credentials(&svc, None)
+        .await
+        .str("access_token");
+    assert_eq!(introspect(&oidc, &gw, &doomed).await["active"], true);
+    let (status, _, _) = post(&oidc, "/revoke", &svc, &[("token", &doomed)], None).await;
+    assert_eq!(status, 200);
+    assert_eq!(introspect_raw(&oidc, &gw, &doomed).await, INACTIVE);
+
+    // A rotated (used) refresh token.
+    let rotated = oidc.refresh(&app, &refresh).await;
+    rotated.ok();
+    assert_eq!(introspect_raw(&oidc, &gw, &refresh).await, INACTIVE);
+
+    // Expired: access_ttl is 2s here.
+    let expired_ok = eventually(Duration::from_secs(10), || async {
+        introspect_raw(&oidc, &gw, &live).await == INACTIVE
+    })
+    .await;
+    assert!(expired_ok, "an expired token must become inactive");
+}
+
+async fn introspection_requires_an_allowed_caller(backend: Backend) {
+    let oidc = Oidc::start(backend).await;
+    let gw = gateway(&oidc).await;
+    let svc = service(&oidc).await;
+    let token = oidc
+        .client_credentials(&svc, None)
+        .await
+        .str("access_token");
+    // A client without --may-introspect.
+    let (status, _, body) = post(&oidc, "/introspect", &svc, &[("token", &token)], None).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("unauthorized_client"), "{body}");
+    // Wrong secret.
+    let mut wrong = gw.clone();
+    wrong.secret = Some("pcs_wrong".into());
+    let (status, headers, body) =
+        post(&oidc, "/introspect", &wrong, &[("token", &token)], None).await;
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("invalid_client"));
+    assert!(headers.contains_key("www-authenticate"));
+    // No credentials at all.
+    let resp = oidc
+        .http
+        .post(oidc.url("/introspect"))
+        .form(&[("token", &token)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    // Missing token parameter.
+    let (status, _, body) = post(&oidc, "/introspect", &gw, &[], None).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("invalid_request"));
+    // Revocation needs client authentication too.
+    let resp = oidc
+        .http
+        .post(oidc.url("/revoke"))
+        .form(&[("token", &token)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    assert_eq!(introspect(&oidc, &gw, &token).await["active"], true);
+}
+
+/// The interpreter of the interop venv (see `.ci/run`).
+fn python_with(module: &str) -> Option<String> {
+    let python = std::env::var("PORTCULLIS_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    let ok = std::process::Command::new(&python)
+        .args(["-c", &format!("import {module}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if ok {
+        return Some(python);
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!("{python} cannot import {module}; .ci/run installs tests/interop/requirements.txt");
+    }
+    eprintln!("skipped: {python} has no {module} (pip install -r tests/interop/requirements.txt)");
+    None
+}
+
+/// Verifies a JWT with PyJWT against our JWKS; returns (header, claims).
+async fn pyjwt_verify(oidc: &Oidc, token: &str, typ: &str, aud: &str) -> Option<serde_json::Value> {
+    let python = python_with("jwt")?;
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/interop/verify_jwt.py"
+    );
+    let out = tokio::process::Command::new(python)
+        .args([
+            script,
+            &oidc.url("/jwks.json"),
+            token,
+            typ,
+            aud,
+            &oidc.issuer,
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "PyJWT rejected the token: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(serde_json::from_slice(&out.stdout).unwrap())
+}
+
+async fn jwt_introspection_verifies_with_an_independent_library(backend: Backend) {
+    let oidc = Oidc::start(backend).await;
+    let gw = gateway(&oidc).await;
+    let svc = service(&oidc).await;
+    let token = oidc
+        .client_credentials(&svc, Some("api"))
+        .await
+        .str("access_token");
+    let accept = Some("application/token-introspection+jwt");
+    let (status, headers, jwt) =
+        post(&oidc, "/introspect", &gw, &[("token", &token)], accept).await;
+    assert_eq!(status, 200, "{jwt}");
+    assert_eq!(
+        headers["content-type"],
+        "application/token-introspection+jwt"
+    );
+    let (header, claims) = oidc.verify_jwt(&jwt).await;
+    assert_eq!(header["typ"], "token-introspection+jwt");
+    assert_eq!(header["alg"], "ES256");
+    assert_eq!(claims["aud"], "gw");
+    assert_eq!(claims["iss"], oidc.issuer);
+    assert_eq!(claims["token_introspection"]["active"], true);
+    assert_eq!(claims["token_introspection"]["client_id"], "svc");
+
+    if let Some(v) = pyjwt_verify(&oidc, &jwt, "token-introspection+jwt", "gw").await {
+        assert_eq!(v["claims"]["token_introspection"]["scope"], "api");
+        assert_eq!(v["header"]["kid"], header["kid"]);
+    }
+
+    // An inactive token's signed answer says only that.
+    let (_, _, jwt) = post(
+        &oidc,
+        "/introspect",
+        &gw,
+        &[("token", "pct_at_nope")],
+        accept,
+    )
+    .await;
+    let (_, claims) = oidc.verify_jwt(&jwt).await;
+    assert_eq!(
+        claims["token_introspection"],
+        serde_json::json!({"active": false})
+    );
+
+    // A forged response (payload swapped) does not verify.
+    let mut parts: Vec<String> = jwt.split('.').map(str::to_string).collect();
+    parts[1] = portcullis::crypto::b64url(
+        br#"{"iss":"x","aud":"gw","token_introspection":{"active":true}}"#,
+    );
+    let forged = parts.join(".");
+    let keys = portcullis::keys::load(&oidc.env.keys_dir()).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    assert!(
+        keys.verify(
+            &forged,
+            &[portcullis::keys::SigningAlg::ES256],
+            "token-introspection+jwt",
+            now,
+            Duration::from_secs(3600)
+        )
+        .is_err()
+    );
+}
+
+async fn revoking_a_refresh_token_kills_its_family(backend: Backend) {
+    let oidc = Oidc::start(backend).await;
+    let gw = gateway(&oidc).await;
+    let app = oidc.code_client("shop", "openid", &["--first-party"]).await;
+    oidc.user("alice").await;
+    let first = oidc.login_and_redeem(&app, "alice", "openid").await;
+    let at1 = first["access_token"].as_str().unwrap().to_string();
+    let rt1 = first["refresh_token"].as_str().unwrap().to_string();
+    let second = oidc.refresh(&app, &rt1).await;
+    let at2 = second.str("access_token");
+    let rt2 = second.str("refresh_token");
+    // Another login of the same user is a different family and survives.
+    let other = oidc.login_and_redeem(&app, "alice", "openid").await;
+    let other_at = other["access_token"].as_str().unwrap().to_string();
+
+    let (status, _, body) = post(
+        &oidc,
+        "/revoke",
+        &app,
+        &[("token", &rt2), ("token_type_hint", "refresh_token")],
+        None,
+    )
+    .await;
+    assert_eq!((status, body.as_str()), (200, ""));
+    for t in [&at1, &at2, &rt2] {
+        assert_eq!(introspect_raw(&oidc, &gw, t).await, INACTIVE);
+    }
+    oidc.refresh(&app, &rt2)
+        .await
+        .assert_error(400, "invalid_grant");
+    assert_eq!(oidc.userinfo(&at2).await.status, 401);
+    assert_eq!(introspect(&oidc, &gw, &other_at).await["active"], true);
+    // Revoking again is still a 200.
+    let (status, _, _) = post(&oidc, "/revoke", &app, &[("token", &rt2)], None).await;
+    assert_eq!(status, 200);
+}
+
+async fn revoking_someone_elses_token_changes_nothing(backend: Backend) {
+    let oidc = Oidc::start(backend).await;
+    let gw = gateway(&oidc).await;
+    let svc = service(&oidc).await;
+    let mallory = oidc
+        .client(
+            "mallory",
+            &["--grant", "client_credentials", "--scope", "api"],
+        )
+        .await;
+    let token = oidc
+        .client_credentials(&svc, None)
+        .await
+        .str("access_token");
+    let (status, _, body) = post(&oidc, "/revoke", &mallory, &[("token", &token)], None).await;
+    assert_eq!((status, body.as_str()), (200, ""), "silent no-op");
+    assert_eq!(introspect(&oidc, &gw, &token).await["active"], true);
+    // Unknown tokens too.
+    let (status, _, _) = post(
+        &oidc,
+        "/revoke",
+        &mallory,
+        &[("token", "pct_at_unknown")],
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+}
+
+async fn token_exchange_is_limited_to_registered_audiences(backend: Backend) {
+    let oidc = Oidc::start(backend).await;
+    let gw = gateway(&oidc).await;
+    let svc = service(&oidc).await;
+    let app = oidc
+        .code_client("shop", "openid profile", &["--first-party"])
+        .await;
+    oidc.user("alice").await;
+    let tokens = oidc.login_and_redeem(&app, "alice", "openid profile").await;
+    let subject = tokens["access_token"].as_str().unwrap().to_string();
+    let exchange = |audience: &'static str, token: String, client: crate::oauth::flow::Client| {
+        let oidc = &oidc;
+        async move {
+            oidc.token(
+                &ClientAuth::Basic(client.id.clone(), client.secret.clone().unwrap()),
+                &[
+                    (
+                        "grant_type",
+                        "urn:ietf:params:oauth:grant-type:token-exchange",
+                    ),
+                    ("subject_token", &token),
+                    (
+                        "subject_token_type",
+                        "urn:ietf:params:oauth:token-type:access_token",
+                    ),
+                    ("audience", audience),
+                ],
+            )
+            .await
+        }
+    };
+    let ok = exchange("orders-api", subject.clone(), gw.clone()).await;
+    let body = ok.ok().clone();
+    assert_eq!(
+        body["issued_token_type"],
+        "urn:ietf:params:oauth:token-type:jwt"
+    );
+    assert_eq!(body["token_type"], "Bearer");
+    let jwt = body["access_token"].as_str().unwrap();
+    let (header, claims) = oidc.verify_jwt(jwt).await;
+    assert_eq!(header["typ"], "at+jwt");
+    assert_eq!(header["alg"], "ES256");
+    assert_eq!(claims["aud"], "orders-api");
+    assert_eq!(claims["client_id"], "shop");
+    assert_eq!(claims["act"]["sub"], "gw");
+    assert_eq!(claims["scope"], "openid profile");
+    assert_eq!(claims["amr"], serde_json::json!(["pwd"]));
+    for claim in ["iss", "sub", "jti", "exp", "iat", "auth_time", "acr", "sid"] {
+        assert!(
+            !claims[claim].is_null(),
+            "RFC 9068 claim {claim} missing: {claims}"
+        );
+    }
+    let intro = introspect(&oidc, &gw, &subject).await;
+    assert!(
+        claims["exp"].as_i64().unwrap() <= intro["exp"].as_i64().unwrap(),
+        "JWT outlives its opaque token"
+    );
+    if let Some(v) = pyjwt_verify(&oidc, jwt, "at+jwt", "orders-api").await {
+        assert_eq!(v["claims"]["sub"], claims["sub"]);
+    }
+
+    exchange("payments-api", subject.clone(), gw.clone())
+        .await
+        .assert_error(400, "invalid_target");
+    // A client registered without exchange audiences may not use the grant.
+    exchange("orders-api", subject.clone(), svc.clone())
+        .await
+        .assert_error(400, "unauthorized_client");
+    // An inactive subject token.
+    exchange("orders-api", "pct_at_unknown".into(), gw.clone())
+        .await
+        .assert_error(400, "invalid_grant");
+    let (status, _, _) = post(&oidc, "/revoke", &app, &[("token", &subject)], None).await;
+    assert_eq!(status, 200);
+    exchange("orders-api", subject, gw)
+        .await
+        .assert_error(400, "invalid_grant");
+}
+
+/// Two real server processes share one PostgreSQL database. The
+/// introspection cache TTL is set to a minute, so only LISTEN/NOTIFY can make
+/// replica B notice a revocation made through replica A.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocation_reaches_the_other_replica_through_notify() {
+    let Some(pg) = Backend::postgres() else {
+        return;
+    };
+    let ttl = [("PORTCULLIS_TOKENS_INTROSPECTION_CACHE_TTL", "60s")];
+    let a = Oidc::start_with(pg, &ttl).await;
+    let gw = gateway(&a).await;
+    let svc = service(&a).await;
+    // Replica B: same database and keys, its own port.
+    let port = crate::oauth::flow::free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let b = a
+        .env
+        .serve_with(&[
+            ("PORTCULLIS_HTTP_PUBLIC_ADDR", addr.as_str()),
+            ("PORTCULLIS_ISSUER", a.issuer.as_str()),
+            ttl[0],
+        ])
+        .await;
+    let introspect_b = |token: String| {
+        let b = &b;
+        let gw = gw.clone();
+        async move {
+            let resp = reqwest::Client::new()
+                .post(b.url("/introspect"))
+                .basic_auth(&gw.id, gw.secret.as_deref())
+                .form(&[("token", token.as_str())])
+                .send()
+                .await
+                .unwrap();
+            resp.json::<serde_json::Value>().await.unwrap()
+        }
+    };
+    let token = a.client_credentials(&svc, None).await.str("access_token");
+    // B must have its listener up (cache enabled) and the token cached active.
+    let cached = eventually(Duration::from_secs(10), || async {
+        introspect_b(token.clone()).await["active"] == true
+    })
+    .await;
+    assert!(cached);
+    assert_eq!(introspect_b(token.clone()).await["active"], true);
+
+    let (status, _, _) = post(&a, "/revoke", &svc, &[("token", &token)], None).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        introspect_raw(&a, &gw, &token).await,
+        INACTIVE,
+        "same replica: at once"
+    );
+    // Far below the 60 s cache TTL: only the NOTIFY can have cleared B's cache.
+    let seen = eventually(Duration::from_secs(10), || async {
+        introspect_b(token.clone()).await == serde_json::json!({"active": false})
+    })
+    .await;
+    assert!(seen, "replica B still says active for a revoked token");
+    b.stop().await;
+}
