@@ -20,6 +20,15 @@ pub enum AppError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    /// RFC 9470: the action needs a fresher or stronger sign-in.
+    #[error("{message}")]
+    StepUpRequired {
+        message: String,
+        acr_values: &'static str,
+        max_age: i64,
+    },
+    #[error("{0}")]
+    Unprocessable(String),
     #[error("the service is temporarily unavailable; try again shortly")]
     Unavailable,
     #[error("internal error")]
@@ -34,6 +43,10 @@ impl AppError {
             AppError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             AppError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             AppError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            AppError::StepUpRequired { .. } => {
+                (StatusCode::UNAUTHORIZED, "insufficient_user_authentication")
+            }
+            AppError::Unprocessable(_) => (StatusCode::UNPROCESSABLE_ENTITY, "unprocessable"),
             AppError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable"),
             AppError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "server_error"),
         }
@@ -58,6 +71,22 @@ impl IntoResponse for AppError {
         }
         let body = serde_json::json!({ "error": code, "message": self.to_string() });
         let mut resp = (status, Json(body)).into_response();
+        if let AppError::StepUpRequired {
+            message,
+            acr_values,
+            max_age,
+        } = &self
+        {
+            let challenge = format!(
+                "Bearer realm=\"portcullis\", error=\"insufficient_user_authentication\", \
+                 error_description=\"{}\", acr_values=\"{acr_values}\", max_age={max_age}",
+                message.replace('"', "'")
+            );
+            if let Ok(v) = axum::http::HeaderValue::from_str(&challenge) {
+                resp.headers_mut()
+                    .insert(axum::http::header::WWW_AUTHENTICATE, v);
+            }
+        }
         if matches!(self, AppError::Unauthorized) {
             resp.headers_mut().insert(
                 axum::http::header::WWW_AUTHENTICATE,

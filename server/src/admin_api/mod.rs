@@ -37,7 +37,37 @@ pub struct Staff {
     pub ip: Option<String>,
 }
 
+/// amr values that prove a second factor (RFC 8176).
+pub const SECOND_FACTOR_AMR: &[&str] = &["otp", "hwk", "swk"];
+/// Sensitive actions need a second factor used within this many seconds.
+pub const STEP_UP_MAX_AGE: i64 = 300;
+/// The acr that names "password plus a second factor".
+pub const ACR_MFA: &str = "urn:portcullis:acr:mfa";
+
 impl Staff {
+    /// True when the staff member's session used a second factor.
+    pub fn has_second_factor(&self) -> bool {
+        self.amr
+            .iter()
+            .any(|m| SECOND_FACTOR_AMR.contains(&m.as_str()))
+    }
+
+    /// Sensitive actions (approve a refund, terminate sessions, manage MFA,
+    /// rotate keys, grant roles): a second factor within the last five
+    /// minutes, or an RFC 9470 step-up challenge.
+    pub fn require_step_up(&self, now: i64) -> Result<(), AppError> {
+        let fresh = self.auth_time.is_some_and(|t| now - t <= STEP_UP_MAX_AGE);
+        if self.has_second_factor() && fresh {
+            return Ok(());
+        }
+        Err(AppError::StepUpRequired {
+            message: "sign in again with a second factor (within the last 5 minutes) to do this"
+                .into(),
+            acr_values: ACR_MFA,
+            max_age: STEP_UP_MAX_AGE,
+        })
+    }
+
     pub fn require(&self, permission: Permission) -> Result<(), AppError> {
         if self.permissions.contains(&permission) {
             Ok(())
@@ -95,13 +125,22 @@ impl FromRequestParts<AppState> for Staff {
             .filter(|u| !u.locked)
             .ok_or(AppError::Unauthorized)?;
         let permissions = crate::permissions::permissions_of(&state.store, &user.id).await?;
+        // Freshness comes from the token's session as it is now, so a
+        // step-up in the same session counts without a new token.
+        let (auth_time, amr) = match &record.session_id {
+            Some(sid) => match crate::store::sessions::find(&state.store, sid).await? {
+                Some(s) if s.is_live() => (Some(s.auth_time), s.amr),
+                _ => return Err(AppError::Unauthorized),
+            },
+            None => (record.auth_time, record.amr_list()),
+        };
         let ip = parts
             .extensions
             .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
             .map(|c| c.0.ip().to_string());
         Ok(Staff {
-            amr: record.amr_list(),
-            auth_time: record.auth_time,
+            amr,
+            auth_time,
             session_id: record.session_id.clone(),
             user_id: user.id,
             username: user.username,
