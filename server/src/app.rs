@@ -118,6 +118,8 @@ pub fn public_router(state: AppState) -> Router {
         .merge(crate::tokens::router())
         .merge(crate::sessions::login::router())
         .merge(crate::sessions::account::router())
+        .merge(crate::mfa::login::router())
+        .merge(crate::mfa::account::router())
         .route("/static/portcullis.css", axum::routing::get(stylesheet))
         .layer(middleware::from_fn(crate::web::security_headers))
         .layer(middleware::from_fn_with_state(

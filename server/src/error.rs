@@ -25,7 +25,7 @@ pub enum AppError {
     StepUpRequired {
         message: String,
         acr_values: &'static str,
-        max_age: i64,
+        max_age: Option<i64>,
     },
     #[error("{0}")]
     Unprocessable(String),
@@ -77,11 +77,14 @@ impl IntoResponse for AppError {
             max_age,
         } = &self
         {
-            let challenge = format!(
+            let mut challenge = format!(
                 "Bearer realm=\"portcullis\", error=\"insufficient_user_authentication\", \
-                 error_description=\"{}\", acr_values=\"{acr_values}\", max_age={max_age}",
+                 error_description=\"{}\", acr_values=\"{acr_values}\"",
                 message.replace('"', "'")
             );
+            if let Some(age) = max_age {
+                challenge.push_str(&format!(", max_age={age}"));
+            }
             if let Ok(v) = axum::http::HeaderValue::from_str(&challenge) {
                 resp.headers_mut()
                     .insert(axum::http::header::WWW_AUTHENTICATE, v);

@@ -37,12 +37,7 @@ pub struct Staff {
     pub ip: Option<String>,
 }
 
-/// amr values that prove a second factor (RFC 8176).
-pub const SECOND_FACTOR_AMR: &[&str] = &["otp", "hwk", "swk"];
-/// Sensitive actions need a second factor used within this many seconds.
-pub const STEP_UP_MAX_AGE: i64 = 300;
-/// The acr that names "password plus a second factor".
-pub const ACR_MFA: &str = "urn:portcullis:acr:mfa";
+pub use crate::mfa::{ACR_MFA, SECOND_FACTOR_AMR, STEP_UP_MAX_AGE};
 
 impl Staff {
     /// True when the staff member's session used a second factor.
@@ -56,15 +51,14 @@ impl Staff {
     /// rotate keys, grant roles): a second factor within the last five
     /// minutes, or an RFC 9470 step-up challenge.
     pub fn require_step_up(&self, now: i64) -> Result<(), AppError> {
-        let fresh = self.auth_time.is_some_and(|t| now - t <= STEP_UP_MAX_AGE);
-        if self.has_second_factor() && fresh {
+        if crate::mfa::fresh_second_factor(&self.amr, self.auth_time, now) {
             return Ok(());
         }
         Err(AppError::StepUpRequired {
             message: "sign in again with a second factor (within the last 5 minutes) to do this"
                 .into(),
             acr_values: ACR_MFA,
-            max_age: STEP_UP_MAX_AGE,
+            max_age: Some(STEP_UP_MAX_AGE),
         })
     }
 
@@ -138,6 +132,16 @@ impl FromRequestParts<AppState> for Staff {
             .extensions
             .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
             .map(|c| c.0.ip().to_string());
+        // Staff must sign in with a second factor (RFC 9470 challenge).
+        let staff = !permissions.is_empty();
+        if staff && !amr.iter().any(|m| SECOND_FACTOR_AMR.contains(&m.as_str())) {
+            return Err(AppError::StepUpRequired {
+                message: "staff must sign in with a second factor (enrol one at /account/mfa)"
+                    .into(),
+                acr_values: ACR_MFA,
+                max_age: None,
+            });
+        }
         Ok(Staff {
             amr,
             auth_time,

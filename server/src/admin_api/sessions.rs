@@ -129,6 +129,7 @@ async fn terminate(
     payload: Result<Json<Justification>, JsonRejection>,
 ) -> Result<Json<Value>, AppError> {
     staff.require(Permission::SessionsTerminate)?;
+    staff.require_step_up(state.clock.now())?;
     let (reason, ticket) = body(payload)?.validate()?;
     let session = crate::store::sessions::find(&state.store, &id)
         .await?
@@ -164,6 +165,7 @@ async fn terminate_user(
     payload: Result<Json<Justification>, JsonRejection>,
 ) -> Result<Json<Value>, AppError> {
     staff.require(Permission::SessionsTerminate)?;
+    staff.require_step_up(state.clock.now())?;
     let (reason, ticket) = body(payload)?.validate()?;
     let user = crate::users::find_by_username(&state.store, &username)
         .await

@@ -47,6 +47,9 @@ pub struct AuthorizationRequest {
     pub code_challenge: Option<String>,
     pub prompt: Vec<String>,
     pub max_age: Option<i64>,
+    /// Requested authentication context classes (OIDC `acr_values`).
+    #[serde(default)]
+    pub acr_values: Vec<String>,
     pub created_at: i64,
 }
 
@@ -327,6 +330,14 @@ async fn validate(state: &AppState, p: &Params) -> Result<(AuthorizationRequest,
             code_challenge,
             prompt,
             max_age,
+            acr_values: get("acr_values")
+                .map(|v| {
+                    v.split(' ')
+                        .filter(|s| !s.is_empty())
+                        .map(str::to_string)
+                        .collect()
+                })
+                .unwrap_or_default(),
             created_at: state.clock.now(),
         },
         client,
@@ -343,14 +354,27 @@ async fn proceed(
 ) -> Result<Response, Failure> {
     let now = state.clock.now();
     let prompt_none = req.prompt.iter().any(|p| p == "none");
+    let wants_mfa = req.acr_values.iter().any(|a| a == crate::mfa::ACR_MFA);
+    let fail = |code, d: &str| redirect_failure(&req.redirect_uri, req.state.as_deref(), code, d);
     let needs_login = match session {
         None => true,
+        // A login that happened after this request satisfies prompt=login,
+        // max_age and acr_values; otherwise each can force a new one.
+        Some(s) if s.auth_time >= req.created_at => {
+            if wants_mfa && s.acr != crate::mfa::ACR_MFA {
+                return Err(fail(
+                    ErrorCode::UnmetAuthenticationRequirements,
+                    "a second factor is required and the user has none",
+                ));
+            }
+            false
+        }
         Some(s) => {
-            (req.prompt.iter().any(|p| p == "login") && s.auth_time < req.created_at)
+            req.prompt.iter().any(|p| p == "login")
                 || req.max_age.is_some_and(|max| now - s.auth_time > max)
+                || (wants_mfa && s.acr != crate::mfa::ACR_MFA)
         }
     };
-    let fail = |code, d: &str| redirect_failure(&req.redirect_uri, req.state.as_deref(), code, d);
     let session = match session {
         Some(s) if !needs_login => s,
         _ if prompt_none => {

@@ -130,6 +130,18 @@ async fn submit(
         }
         Err(AuthError::Store(e)) => return crate::error::AppError::from(e).into_response(),
     };
+    // Users with a second factor finish at /login/mfa.
+    match crate::mfa::factors(&state.store, &user.id).await {
+        Ok(f) if f.any() => {
+            let ip = peer.ip().to_string();
+            let ua = user_agent(&headers);
+            return crate::mfa::login::begin(&state, &user.id, request, Some(&ip), ua.as_deref())
+                .await
+                .unwrap_or_else(|e| crate::error::AppError::from(e).into_response());
+        }
+        Ok(_) => {}
+        Err(e) => return crate::error::AppError::from(e).into_response(),
+    }
     let current = match super::current(&state, &headers).await {
         Ok(s) => s,
         Err(e) => return crate::error::AppError::from(e).into_response(),

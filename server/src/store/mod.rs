@@ -9,6 +9,7 @@
 
 pub mod audit;
 pub mod clients;
+pub mod mfa;
 pub mod oauth;
 pub mod outbox;
 pub mod roles;
