@@ -17,7 +17,14 @@ pub struct Config {
     pub sessions: SessionsConfig,
     pub refunds: RefundsConfig,
     pub outbox: OutboxConfig,
+    pub mfa: MfaConfig,
     pub log: LogConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct MfaConfig {
+    /// Sensitive actions need a second factor used within this long.
+    pub step_up_max_age: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -115,11 +122,12 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("refunds.default_threshold", "10000"),
     ("outbox.retry_base", "5s"),
     ("outbox.max_attempts", "8"),
+    ("mfa.step_up_max_age", "5m"),
     ("log.level", "info"),
 ];
 
 const SECTIONS: &[&str] = &[
-    "database", "http", "keys", "tokens", "sessions", "refunds", "log",
+    "database", "http", "keys", "tokens", "sessions", "refunds", "outbox", "mfa", "log",
 ];
 
 impl Config {
@@ -240,6 +248,12 @@ impl Config {
                 retry_base: parse_key_duration("outbox.retry_base", get("outbox.retry_base"))?,
                 max_attempts: parse_num("outbox.max_attempts", get("outbox.max_attempts"), 1, 100)?,
             },
+            mfa: MfaConfig {
+                step_up_max_age: parse_key_duration(
+                    "mfa.step_up_max_age",
+                    get("mfa.step_up_max_age"),
+                )?,
+            },
             log: LogConfig {
                 level: get("log.level").to_string(),
             },
@@ -265,6 +279,10 @@ impl Config {
 /// `PORTCULLIS_TOKENS_ACCESS_TTL` → `tokens.access_ttl`; `PORTCULLIS_ISSUER` → `issuer`.
 fn env_key(name: &str) -> Option<String> {
     let rest = name.strip_prefix("PORTCULLIS_")?.to_ascii_lowercase();
+    // Variables for the test suite and CI tooling, not for the server.
+    if rest.starts_with("test_") || rest == "venv" {
+        return None;
+    }
     if rest == "issuer" {
         return Some(rest);
     }
@@ -273,8 +291,8 @@ fn env_key(name: &str) -> Option<String> {
             return Some(format!("{section}.{key}"));
         }
     }
-    // Not a configuration variable (e.g. PORTCULLIS_TEST_PG for the test suite).
-    None
+    // Any other PORTCULLIS_ variable is a typo: reported as an unknown key.
+    Some(rest)
 }
 
 fn flatten_file(

@@ -35,9 +35,11 @@ pub struct Staff {
     pub permissions: BTreeSet<Permission>,
     pub request_id: Option<String>,
     pub ip: Option<String>,
+    /// `mfa.step_up_max_age` in seconds.
+    pub step_up_max_age: i64,
 }
 
-pub use crate::mfa::{ACR_MFA, SECOND_FACTOR_AMR, STEP_UP_MAX_AGE};
+pub use crate::mfa::{ACR_MFA, SECOND_FACTOR_AMR};
 
 impl Staff {
     /// True when the staff member's session used a second factor.
@@ -51,14 +53,14 @@ impl Staff {
     /// rotate keys, grant roles): a second factor within the last five
     /// minutes, or an RFC 9470 step-up challenge.
     pub fn require_step_up(&self, now: i64) -> Result<(), AppError> {
-        if crate::mfa::fresh_second_factor(&self.amr, self.auth_time, now) {
+        if crate::mfa::fresh_second_factor(&self.amr, self.auth_time, now, self.step_up_max_age) {
             return Ok(());
         }
         Err(AppError::StepUpRequired {
             message: "sign in again with a second factor (within the last 5 minutes) to do this"
                 .into(),
             acr_values: ACR_MFA,
-            max_age: Some(STEP_UP_MAX_AGE),
+            max_age: Some(self.step_up_max_age),
         })
     }
 
@@ -150,6 +152,7 @@ impl FromRequestParts<AppState> for Staff {
             username: user.username,
             permissions,
             request_id: parts.extensions.get::<RequestId>().map(|r| r.0.clone()),
+            step_up_max_age: crate::mfa::step_up_max_age(state),
             ip,
         })
     }

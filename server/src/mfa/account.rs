@@ -72,7 +72,7 @@ async fn require_fresh_if_enrolled(state: &AppState, session: &Session) -> Resul
     let factors = super::factors(&state.store, &session.user_id)
         .await
         .map_err(|e| AppError::from(e).into_response())?;
-    if factors.any() && !super::session_is_fresh(session, state.clock.now()) {
+    if factors.any() && !super::session_is_fresh(state, session) {
         return Err(mfa_error(MfaError::StepUpRequired));
     }
     Ok(())
@@ -211,7 +211,7 @@ async fn totp_remove(State(state): State<AppState>, headers: HeaderMap, body: By
         Ok(x) => x,
         Err(r) => return r,
     };
-    if !super::session_is_fresh(&session, state.clock.now()) {
+    if !super::session_is_fresh(&state, &session) {
         return mfa_error(MfaError::StepUpRequired);
     }
     match super::totp::remove(&state, &session.user_id, &self_ctx(&session, &headers)).await {
@@ -243,7 +243,7 @@ async fn recovery_regenerate(
         Ok(_) => {}
         Err(e) => return AppError::from(e).into_response(),
     }
-    if !super::session_is_fresh(&session, state.clock.now()) {
+    if !super::session_is_fresh(&state, &session) {
         return mfa_error(MfaError::StepUpRequired);
     }
     let codes =

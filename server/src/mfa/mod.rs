@@ -12,7 +12,8 @@ use crate::store::{Store, StoreError};
 
 /// amr values that prove a second factor (RFC 8176).
 pub const SECOND_FACTOR_AMR: &[&str] = &["otp", "hwk", "swk"];
-/// Sensitive actions need a second factor used within this many seconds.
+/// Default for `mfa.step_up_max_age`: sensitive actions need a second
+/// factor used within this many seconds.
 pub const STEP_UP_MAX_AGE: i64 = 300;
 /// acr of a login with password and a second factor.
 pub const ACR_MFA: &str = "urn:portcullis:acr:mfa";
@@ -57,12 +58,22 @@ pub async fn factors(store: &Store, user_id: &str) -> Result<Factors, StoreError
     })
 }
 
-/// A second factor in this session, used within the last five minutes.
-pub fn fresh_second_factor(amr: &[String], auth_time: Option<i64>, now: i64) -> bool {
+/// A second factor was used, at most `max_age` seconds ago.
+pub fn fresh_second_factor(amr: &[String], auth_time: Option<i64>, now: i64, max_age: i64) -> bool {
     amr.iter().any(|m| SECOND_FACTOR_AMR.contains(&m.as_str()))
-        && auth_time.is_some_and(|t| now - t <= STEP_UP_MAX_AGE)
+        && auth_time.is_some_and(|t| now - t <= max_age)
 }
 
-pub fn session_is_fresh(session: &Session, now: i64) -> bool {
-    fresh_second_factor(&session.amr, Some(session.auth_time), now)
+pub fn step_up_max_age(state: &crate::app::AppState) -> i64 {
+    i64::try_from(state.config.mfa.step_up_max_age.as_secs()).unwrap_or(STEP_UP_MAX_AGE)
+}
+
+/// The session used a second factor within `mfa.step_up_max_age`.
+pub fn session_is_fresh(state: &crate::app::AppState, session: &Session) -> bool {
+    fresh_second_factor(
+        &session.amr,
+        Some(session.auth_time),
+        state.clock.now(),
+        step_up_max_age(state),
+    )
 }

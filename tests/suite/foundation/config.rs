@@ -125,3 +125,30 @@ async fn bad_config_value_stops_startup_with_the_key_named(backend: Backend) {
     let out = env.cli(&["--config", "missing.toml", "migrate"]).await;
     out.assert_err("cannot read configuration file missing.toml");
 }
+
+#[test]
+fn every_documented_key_is_settable_from_the_environment() {
+    // A section missing from the environment mapping would silently ignore
+    // its variables; each override must take effect or be refused.
+    let cases: &[(&str, &str)] = &[
+        ("PORTCULLIS_OUTBOX_RETRY_BASE", "7s"),
+        ("PORTCULLIS_OUTBOX_MAX_ATTEMPTS", "3"),
+        ("PORTCULLIS_MFA_STEP_UP_MAX_AGE", "2m"),
+        ("PORTCULLIS_TOKENS_INTROSPECTION_CACHE_TTL", "4s"),
+        ("PORTCULLIS_KEYS_DIR", "elsewhere"),
+    ];
+    let env: Vec<(String, String)> = cases
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let c = Config::load_with_env(None, env).unwrap();
+    assert_eq!(c.outbox.retry_base, Duration::from_secs(7));
+    assert_eq!(c.outbox.max_attempts, 3);
+    assert_eq!(c.mfa.step_up_max_age, Duration::from_secs(120));
+    assert_eq!(c.tokens.introspection_cache_ttl, Duration::from_secs(4));
+    assert_eq!(c.keys.dir, std::path::PathBuf::from("elsewhere"));
+    let err = Config::load_with_env(None, vec![("PORTCULLIS_NOSUCH_THING".into(), "1".into())])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("PORTCULLIS_NOSUCH_THING"), "{err}");
+}
