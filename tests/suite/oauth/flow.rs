@@ -263,6 +263,8 @@ impl Page {
 pub struct Browser {
     pub http: reqwest::Client,
     pub issuer: String,
+    /// Code to enter when `/login/mfa` comes up (used once).
+    pub mfa_code: std::sync::Mutex<Option<String>>,
 }
 
 impl Browser {
@@ -274,7 +276,13 @@ impl Browser {
                 .build()
                 .unwrap(),
             issuer: issuer.to_string(),
+            mfa_code: std::sync::Mutex::new(None),
         }
+    }
+
+    /// Sets the second-factor code for the next `/login/mfa` page.
+    pub fn set_mfa_code(&self, code: &str) {
+        *self.mfa_code.lock().unwrap() = Some(code.to_string());
     }
 
     pub async fn get(&self, url: &str) -> Page {
@@ -307,7 +315,23 @@ impl Browser {
         let mut pages = Vec::new();
         for _ in 0..10 {
             let mut page = self.get(url.as_str()).await;
-            if page.status == 200 && matches!(url.path(), "/login" | "/consent") {
+            if page.status == 200 && url.path() == "/login/mfa" {
+                pages.push(url.path().to_string());
+                let csrf = page
+                    .hidden_inputs()
+                    .get("csrf_token")
+                    .cloned()
+                    .unwrap_or_default();
+                let code = self
+                    .mfa_code
+                    .lock()
+                    .unwrap()
+                    .take()
+                    .unwrap_or_else(|| panic!("second factor asked but no code set: {url}"));
+                page = self
+                    .post_form("/login/mfa", &[("code", &code), ("csrf_token", &csrf)])
+                    .await;
+            } else if page.status == 200 && matches!(url.path(), "/login" | "/consent") {
                 pages.push(url.path().to_string());
                 let hidden = page.hidden_inputs();
                 let csrf = hidden.get("csrf_token").cloned().unwrap_or_default();

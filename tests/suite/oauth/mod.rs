@@ -3,3 +3,4 @@
 mod attacks;
 pub mod flow;
 mod interop;
+pub mod staff;
