@@ -96,7 +96,7 @@ pub async fn authenticate(
         (None, Some(id), None) => (id.to_string(), None, AuthMethod::None),
         (None, None, _) => return Err(OAuthError::invalid_client()),
     };
-    let client = match clients::find(&state.store, &client_id).await {
+    let client = match clients::find_cached(state, &client_id).await {
         Ok(c) => c,
         Err(ClientError::NotFound(_)) => {
             // Same cost as a wrong secret, so ids cannot be probed by timing.

@@ -358,3 +358,18 @@ pub async fn find(store: &Store, id: &str) -> Result<Client, ClientError> {
         .await?
         .ok_or_else(|| ClientError::NotFound(id.to_string()))
 }
+
+/// [`find`] through the hot-path cache (client authentication on every
+/// introspection); entries live at most `tokens.introspection_cache_ttl`
+/// and are dropped on any change notification.
+pub async fn find_cached(state: &crate::app::AppState, id: &str) -> Result<Client, ClientError> {
+    if let Some(c) = state.introspection_cache.get_client(id) {
+        return Ok(c);
+    }
+    let generation = state.introspection_cache.generation();
+    let client = find(&state.store, id).await?;
+    state
+        .introspection_cache
+        .insert_client(client.clone(), generation);
+    Ok(client)
+}

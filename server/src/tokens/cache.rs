@@ -1,4 +1,5 @@
-//! In-memory introspection cache for the gateway hot path.
+//! In-memory caches for the gateway hot path: introspection results and
+//! client records (client authentication runs on every introspection).
 //!
 //! Only *active* access-token records are cached, each for at most
 //! `tokens.introspection_cache_ttl` (and never past the token's expiry).
@@ -14,6 +15,7 @@ use std::sync::RwLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::oauth::clients::Client;
 use crate::tokens::AccessTokenRecord;
 
 pub const CHANNEL: &str = "portcullis_revocations";
@@ -23,6 +25,7 @@ const MAX_ENTRIES: usize = 100_000;
 pub struct IntrospectionCache {
     ttl: Duration,
     entries: RwLock<HashMap<String, (AccessTokenRecord, Instant)>>,
+    clients: RwLock<HashMap<String, (Client, Instant)>>,
     generation: AtomicU64,
     enabled: AtomicBool,
 }
@@ -34,6 +37,7 @@ impl IntrospectionCache {
         IntrospectionCache {
             ttl,
             entries: RwLock::new(HashMap::new()),
+            clients: RwLock::new(HashMap::new()),
             generation: AtomicU64::new(0),
             enabled: AtomicBool::new(enabled),
         }
@@ -69,13 +73,40 @@ impl IntrospectionCache {
         }
     }
 
-    /// Forgets everything (a revocation happened somewhere).
+    /// Forgets everything (a revocation or client change happened somewhere).
     pub fn clear(&self) {
         self.generation.fetch_add(1, Ordering::SeqCst);
         if let Ok(mut entries) = self.entries.write() {
             entries.clear();
         }
+        if let Ok(mut clients) = self.clients.write() {
+            clients.clear();
+        }
         self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+
+    pub fn get_client(&self, id: &str) -> Option<Client> {
+        if !self.enabled.load(Ordering::SeqCst) {
+            return None;
+        }
+        let clients = self.clients.read().ok()?;
+        let (client, at) = clients.get(id)?;
+        (at.elapsed() < self.ttl).then(|| client.clone())
+    }
+
+    pub fn insert_client(&self, client: Client, generation: u64) {
+        if !self.enabled.load(Ordering::SeqCst) {
+            return;
+        }
+        if let Ok(mut clients) = self.clients.write() {
+            if self.generation.load(Ordering::SeqCst) != generation {
+                return;
+            }
+            if clients.len() >= MAX_ENTRIES {
+                clients.clear();
+            }
+            clients.insert(client.id.clone(), (client, Instant::now()));
+        }
     }
 
     pub fn set_enabled(&self, enabled: bool) {

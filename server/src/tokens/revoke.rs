@@ -56,6 +56,22 @@ pub async fn revoke_token(
     }
     let hash = crypto::sha256_hex(token);
     let now = state.clock.now();
+    // Read first: unknown, foreign and already revoked tokens (the common
+    // no-op cases) never take the write lock.
+    let worth_writing = if token.starts_with(REFRESH_PREFIX) {
+        crate::store::tokens::find_refresh(&state.store, &hash)
+            .await?
+            .is_some_and(|r| r.client_id == client.id && r.family_revoked_at.is_none())
+    } else if token.starts_with(ACCESS_PREFIX) {
+        crate::store::tokens::find_access(&state.store, &hash)
+            .await?
+            .is_some_and(|r| r.client_id == client.id && r.revoked_at.is_none())
+    } else {
+        false
+    };
+    if !worth_writing {
+        return Ok(false);
+    }
     let mut tx = state.store.begin().await?;
     let revoked = if token.starts_with(REFRESH_PREFIX) {
         match crate::store::tokens::find_refresh_for_update(&state.store, &mut tx, &hash).await? {
