@@ -7,6 +7,7 @@
 #   BENCH_DURATION     wrk duration per run: 15s (default), 3s, 1m, or plain seconds
 #   BENCH_CONNECTIONS  connection counts, default "16 64"
 #   BENCH_THREADS      wrk threads, default 2
+#   BENCH_WARMUP       seconds of unrecorded warm-up per operation and target, default 1 (0: none)
 #   BENCH_TARGETS      any of "sqlite postgres peer", default all three
 #   BENCH_PG_URL       PostgreSQL server on loopback, default postgres://postgres@127.0.0.1:5432
 #   PORTCULLIS_BIN     use this portcullis binary instead of building the release one
@@ -22,6 +23,7 @@ DURATION=${BENCH_DURATION:-15s}
 [[ $DURATION =~ ^[0-9]+$ ]] && DURATION="${DURATION}s"
 CONNECTIONS=${BENCH_CONNECTIONS:-16 64}
 THREADS=${BENCH_THREADS:-2}
+WARMUP_S=${BENCH_WARMUP:-1}
 TARGETS=${BENCH_TARGETS:-sqlite postgres peer}
 PG_URL=${BENCH_PG_URL:-postgres://postgres@127.0.0.1:5432}
 PG_URL=${PG_URL%/}
@@ -33,6 +35,7 @@ case $DURATION in
 esac
 [[ $DURATION_S =~ ^[0-9]+$ && $DURATION_S -ge 1 && $DURATION_S -le 600 ]] \
   || { echo "BENCH_DURATION must be between 1s and 10m" >&2; exit 2; }
+[[ $WARMUP_S =~ ^[0-9]+$ && $WARMUP_S -le 60 ]] || { echo "BENCH_WARMUP: seconds, 0-60" >&2; exit 2; }
 for c in $CONNECTIONS; do
   [[ $c =~ ^[0-9]+$ && $c -ge $THREADS && $c -le 1024 ]] \
     || { echo "BENCH_CONNECTIONS: '$c' must be a number between BENCH_THREADS and 1024" >&2; exit 2; }
@@ -196,6 +199,14 @@ wait_http() {  # wait_http URL PID LOGFILE: until URL answers 200 (60 s at most)
   die "$url not ready after 60 s"
 }
 
+jws_header() {  # jws_header COMPACT_JWS: its decoded protected header, or "-"
+  local h=${1%%.*}
+  [[ $1 == *.*.* && -n $h ]] || { echo "-"; return; }
+  h=$(tr '_-' '/+' <<<"$h")
+  while (( ${#h} % 4 )); do h+="="; done
+  base64 -d <<<"$h" 2>/dev/null | jq -c . 2>/dev/null || echo "-"
+}
+
 basic() { printf 'Basic %s' "$(printf '%s:%s' "$1" "$2" | base64 -w0)"; }
 
 get_token() {  # get_token BASE AUTH: a fresh client_credentials access token
@@ -212,14 +223,22 @@ peak_rss() {  # peak_rss PID: VmHWM in MiB
 ROWS=()
 declare -A RPS=() NON2XX=() RSS=() NOTES=()
 
-run_wrk() {  # run_wrk TARGET OP CONNS URL SCRIPT [VAR=VALUE...]
-  local target=$1 op=$2 c=$3 url=$4 script=$5
-  shift 5
-  local out line rps p50 p99 non2xx sockerr status
-  out=$(env BENCH_LUA_DIR="$LUA_DIR" "$@" \
-        timeout $(( DURATION_S + 60 )) wrk -t"$THREADS" -c"$c" -d"$DURATION" --timeout 10s --latency \
-        -s "$LUA_DIR/$script" "$url" 2>&1) || true
-  { echo "=== $target $op c=$c $url"; echo "$out"; echo; } >>"$WRK_LOG"
+run_wrk() {  # run_wrk TARGET OP CONNS MODE URL SCRIPT [VAR=VALUE...]; MODE "warmup" records nothing
+  local target=$1 op=$2 c=$3 mode=$4 url=$5 script=$6
+  shift 6
+  local out line rps p50 p99 non2xx sockerr status secs=$DURATION_S
+  [[ $mode == warmup ]] && secs=$WARMUP_S
+  # In the background so that a signal to this script interrupts `wait` at once.
+  env BENCH_LUA_DIR="$LUA_DIR" "$@" \
+    timeout $(( secs + 60 )) wrk -t"$THREADS" -c"$c" -d"${secs}s" --timeout 10s --latency \
+    -s "$LUA_DIR/$script" "$url" >"$SCRATCH/wrk.out" 2>&1 &
+  local wpid=$!
+  PIDS+=("$wpid")
+  wait "$wpid" || true
+  forget_pid "$wpid"
+  out=$(<"$SCRATCH/wrk.out")
+  { echo "=== $target $op c=$c ${mode:+($mode) }$url"; echo "$out"; echo; } >>"$WRK_LOG"
+  [[ $mode == warmup ]] && return 0
   line=$(grep '^BENCH ' <<<"$out" | tail -n 1 || true)
   if [[ -z $line ]]; then
     log "  $target $op c=$c: wrk failed: $(tail -n 3 <<<"$out" | tr '\n' ' ')"
@@ -244,7 +263,7 @@ OPS="introspect-json introspect-jwt token-cc revoke jwks"
 # run_suite TARGET BASE INTROSPECT_PATH TOKEN_PATH REVOKE_PATH JWKS_PATH GW_AUTH SVC_AUTH JWT(yes|no)
 run_suite() {
   local target=$1 base=$2 ipath=$3 tpath=$4 rpath=$5 jpath=$6 gw=$7 svc=$8 jwt=$9
-  local itok rtok ztok code ctype body c op
+  local itok rtok ztok code body c op
 
   itok=$(get_token "$base$tpath" "$svc") || die "$target: cannot obtain an access token"
   rtok=$(get_token "$base$tpath" "$svc") || die "$target: cannot obtain an access token"
@@ -255,35 +274,48 @@ run_suite() {
          -d "token=$itok" -d token_type_hint=access_token "$base$ipath" || true)
   code=${body##*$'\n'}; body=${body%$'\n'*}
   log "  check introspect JSON: HTTP $code ${body:0:160}"
-  code=$(curl -s -m 10 -o /dev/null -w '%{http_code} %{content_type}' -X POST -H "Authorization: $gw" \
+  body=$(curl -s -m 10 -w '\n%{http_code} %{content_type}' -X POST -H "Authorization: $gw" \
          -H 'Accept: application/token-introspection+jwt' -d "token=$itok" "$base$ipath" || true)
-  log "  check introspect JWT:  HTTP $code"
+  code=${body##*$'\n'}; body=${body%$'\n'*}
+  log "  check introspect JWT:  HTTP $code; JWS header $(jws_header "$body")"
   code=$(curl -s -m 10 -o /dev/null -w '%{http_code}' -X POST -H "Authorization: $svc" \
          -d "token=$ztok" "$base$rpath" || true)
   log "  check revoke:          HTTP $code"
   code=$(curl -s -m 10 -o /dev/null -w '%{http_code}' "$base$jpath" || true)
   log "  check jwks:            HTTP $code"
 
+  if (( WARMUP_S > 0 )); then
+    log "  warm-up: ${WARMUP_S}s per operation (not recorded)"
+    for op in $OPS; do
+      run_op "$target" "$op" 16 warmup
+    done
+  fi
   for op in $OPS; do
     for c in $CONNECTIONS; do
-      case $op in
-        introspect-json)
-          run_wrk "$target" "$op" "$c" "$base$ipath" introspect.lua BENCH_AUTH="$gw" BENCH_TOKEN="$itok" ;;
-        introspect-jwt)
-          if [[ $jwt != yes ]]; then
-            ROWS+=("$target|$op|$c|n/a|n/a|n/a|n/a|n/a|not supported"); continue
-          fi
-          run_wrk "$target" "$op" "$c" "$base$ipath" introspect.lua BENCH_AUTH="$gw" BENCH_TOKEN="$itok" \
-            BENCH_ACCEPT=application/token-introspection+jwt ;;
-        token-cc)
-          run_wrk "$target" "$op" "$c" "$base$tpath" token.lua BENCH_AUTH="$svc" BENCH_SCOPE=api ;;
-        revoke)
-          run_wrk "$target" "$op" "$c" "$base$rpath" revoke.lua BENCH_AUTH="$svc" BENCH_TOKEN="$rtok" ;;
-        jwks)
-          run_wrk "$target" "$op" "$c" "$base$jpath" jwks.lua ;;
-      esac
+      run_op "$target" "$op" "$c"
     done
   done
+}
+
+run_op() {  # run_op TARGET OP CONNS [warmup]; uses run_suite's locals
+  local target=$1 op=$2 c=$3 mode=${4:-}
+  case $op in
+    introspect-json)
+      run_wrk "$target" "$op" "$c" "$mode" "$base$ipath" introspect.lua BENCH_AUTH="$gw" BENCH_TOKEN="$itok" ;;
+    introspect-jwt)
+      if [[ $jwt != yes ]]; then
+        [[ $mode == warmup ]] || ROWS+=("$target|$op|$c|n/a|n/a|n/a|n/a|n/a|not supported")
+        return 0
+      fi
+      run_wrk "$target" "$op" "$c" "$mode" "$base$ipath" introspect.lua BENCH_AUTH="$gw" BENCH_TOKEN="$itok" \
+        BENCH_ACCEPT=application/token-introspection+jwt ;;
+    token-cc)
+      run_wrk "$target" "$op" "$c" "$mode" "$base$tpath" token.lua BENCH_AUTH="$svc" BENCH_SCOPE=api ;;
+    revoke)
+      run_wrk "$target" "$op" "$c" "$mode" "$base$rpath" revoke.lua BENCH_AUTH="$svc" BENCH_TOKEN="$rtok" ;;
+    jwks)
+      run_wrk "$target" "$op" "$c" "$mode" "$base$jpath" jwks.lua ;;
+  esac
 }
 
 bench_portcullis() {  # bench_portcullis TARGET DATABASE_URL

@@ -1,7 +1,7 @@
 // Reference peer for bench/run.sh: node-oidc-provider configured to match the
 // Portcullis gateway endpoints as closely as it allows.
 //
-//   PEER_PORT=9000 PEER_GW_SECRET=... PEER_SVC_SECRET=... node server.mjs
+//   PEER_PORT=9000 PEER_GW_SECRET=... PEER_SVC_SECRET=... [PEER_JWT_INTROSPECTION=0] node server.mjs
 //
 // - in-memory adapter (the library's default MemoryAdapter);
 // - opaque access tokens (client_credentials without a resource indicator);
@@ -29,6 +29,8 @@ function signingKey(type, options, alg) {
 }
 
 const issuer = `http://127.0.0.1:${port}`;
+// PEER_JWT_INTROSPECTION=0 turns RFC 9701 responses off (bench/run.sh then reports n/a).
+const jwtIntrospection = process.env.PEER_JWT_INTROSPECTION !== '0';
 
 const provider = new Provider(issuer, {
   clients: [
@@ -40,7 +42,7 @@ const provider = new Provider(issuer, {
       response_types: [],
       redirect_uris: [],
       scope: 'api',
-      introspection_signed_response_alg: 'ES256',
+      ...(jwtIntrospection ? { introspection_signed_response_alg: 'ES256' } : {}),
     },
     {
       client_id: 'svc',
@@ -68,7 +70,7 @@ const provider = new Provider(issuer, {
       // Mirrors Portcullis' --may-introspect: only gw (or the token's own client).
       allowedPolicy: async (ctx, client, token) => client.clientId === 'gw' || client.clientId === token.clientId,
     },
-    jwtIntrospection: { enabled: true },
+    jwtIntrospection: { enabled: jwtIntrospection },
     revocation: {
       enabled: true,
       // A client revokes its own tokens; anything else is a silent no-op.

@@ -32,6 +32,8 @@ pub struct AppState {
     pub outbox_wake: Arc<tokio::sync::Notify>,
     /// Outgoing HTTP (back-channel logout, webhooks): short timeouts, no redirects.
     pub http_client: reqwest::Client,
+    /// Group commit for standalone access tokens.
+    pub token_writer: crate::tokens::batch::TokenWriter,
 }
 
 /// What start-up did, for the operator.
@@ -94,6 +96,7 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Startup, Startu
         .unwrap_or_default();
     let state = AppState {
         outbox_wake: Arc::new(tokio::sync::Notify::new()),
+        token_writer: crate::tokens::batch::TokenWriter::spawn(store.clone()),
         http_client,
         introspection_cache: Arc::new(cache),
         keys: Arc::new(KeyRing::new(config.keys.dir.clone(), loaded.set)),

@@ -385,8 +385,6 @@ async fn client_credentials(
         amr: None,
         acr: None,
     };
-    let mut tx = state.store.begin().await?;
-    let minted = tokens::mint(state, &mut tx, &grant, None, false).await?;
-    tx.commit().await.map_err(StoreError::from)?;
+    let minted = tokens::mint_standalone(state, &grant).await?;
     respond(state, client, &grant, minted)
 }

@@ -3,6 +3,7 @@
 //! Every token records its client, user, session (`sid`), scope and family,
 //! so revoking a family or ending a session kills all of them at once.
 
+pub mod batch;
 pub mod cache;
 pub mod exchange;
 pub mod introspect;
@@ -106,6 +107,42 @@ pub struct Minted {
     pub access_id: String,
     pub expires_in: i64,
     pub refresh_token: Option<String>,
+}
+
+/// Issues a standalone access token (no user, no refresh token) through the
+/// group-commit writer; returns after the token is durably stored.
+pub async fn mint_standalone(state: &AppState, grant: &TokenGrant) -> StoreResult<Minted> {
+    let now = state.clock.now();
+    let access_ttl = i64::try_from(state.config.tokens.access_ttl.as_secs()).unwrap_or(600);
+    let access_token = crypto::random_secret(ACCESS_PREFIX);
+    let record = AccessTokenRecord {
+        id: crypto::random_id(),
+        client_id: grant.client_id.clone(),
+        user_id: None,
+        session_id: None,
+        family_id: None,
+        scope: grant.scope.clone(),
+        audience: None,
+        auth_time: None,
+        amr: None,
+        acr: None,
+        issued_at: now,
+        expires_at: now + access_ttl,
+        revoked_at: None,
+        family_revoked_at: None,
+        session_ended_at: None,
+    };
+    let access_id = record.id.clone();
+    state
+        .token_writer
+        .insert(record, crypto::sha256_hex(&access_token))
+        .await?;
+    Ok(Minted {
+        access_token,
+        access_id,
+        expires_in: access_ttl,
+        refresh_token: None,
+    })
 }
 
 /// Issues an access token (and, with a family, a refresh token) inside `tx`.
