@@ -10,4 +10,6 @@ mod support;
 
 mod foundation;
 mod gateway;
+mod mfa;
 mod oauth;
+mod sessions;

@@ -222,6 +222,11 @@ async fn submit(State(state): State<AppState>, headers: HeaderMap, body: Bytes) 
         Err(e) => return AppError::from(e).into_response(),
     };
     tracing::info!(event = "login.succeeded", user_id = %c.user_id, sid = %session.id, mfa = true, "login succeeded with a second factor");
+    if let Some(r) = &c.request
+        && let Err(e) = crate::oauth::authorize::mark_authenticated(&state, r, &session.id).await
+    {
+        return AppError::from(e).into_response();
+    }
     let location = match &c.request {
         Some(r) => format!("/authorize/resume?request={r}"),
         None => "/login/done".to_string(),

@@ -28,7 +28,7 @@ pub enum MfaError {
     AlreadyEnrolled,
     #[error("no authenticator app enrolment is in progress")]
     NotEnrolling,
-    #[error("this needs a second factor used within the last 5 minutes: sign in again")]
+    #[error("this needs a recently used second factor: sign in again with it")]
     StepUpRequired,
     #[error(transparent)]
     Store(#[from] StoreError),

@@ -51,6 +51,11 @@ pub struct AuthorizationRequest {
     #[serde(default)]
     pub acr_values: Vec<String>,
     pub created_at: i64,
+    /// The session that signed in for this very request (via `/login` or
+    /// `/login/mfa`); such a login satisfies `prompt=login`, `max_age` and
+    /// `acr_values` however soon it followed the request.
+    #[serde(default)]
+    pub authenticated_session: Option<String>,
 }
 
 impl AuthorizationRequest {
@@ -330,6 +335,7 @@ async fn validate(state: &AppState, p: &Params) -> Result<(AuthorizationRequest,
             code_challenge,
             prompt,
             max_age,
+            authenticated_session: None,
             acr_values: get("acr_values")
                 .map(|v| {
                     v.split(' ')
@@ -358,9 +364,9 @@ async fn proceed(
     let fail = |code, d: &str| redirect_failure(&req.redirect_uri, req.state.as_deref(), code, d);
     let needs_login = match session {
         None => true,
-        // A login that happened after this request satisfies prompt=login,
-        // max_age and acr_values; otherwise each can force a new one.
-        Some(s) if s.auth_time >= req.created_at => {
+        // A login made for this request satisfies prompt=login, max_age and
+        // acr_values; otherwise each can force a new one.
+        Some(s) if req.authenticated_session.as_deref() == Some(s.id.as_str()) => {
             if wants_mfa && s.acr != crate::mfa::ACR_MFA {
                 return Err(fail(
                     ErrorCode::UnmetAuthenticationRequirements,
@@ -371,7 +377,9 @@ async fn proceed(
         }
         Some(s) => {
             req.prompt.iter().any(|p| p == "login")
-                || req.max_age.is_some_and(|max| now - s.auth_time > max)
+                || req
+                    .max_age
+                    .is_some_and(|max| max == 0 || now - s.auth_time > max)
                 || (wants_mfa && s.acr != crate::mfa::ACR_MFA)
         }
     };
@@ -668,4 +676,27 @@ async fn consent_submit(
     }
     .await;
     result.unwrap_or_else(|f| render(&state, f))
+}
+
+/// Records that `session_id` just signed in to continue request
+/// `request_id` (called by the login steps).
+pub async fn mark_authenticated(
+    state: &AppState,
+    request_id: &str,
+    session_id: &str,
+) -> Result<(), StoreError> {
+    let Some((json, _, completed)) =
+        crate::store::oauth::find_request(&state.store, request_id).await?
+    else {
+        return Ok(());
+    };
+    if completed.is_some() {
+        return Ok(());
+    }
+    let Ok(mut req) = serde_json::from_str::<AuthorizationRequest>(&json) else {
+        return Ok(());
+    };
+    req.authenticated_session = Some(session_id.to_string());
+    let json = serde_json::to_string(&req).unwrap_or_default();
+    crate::store::oauth::update_request_params(&state.store, request_id, &json).await
 }

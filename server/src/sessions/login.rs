@@ -158,6 +158,11 @@ async fn submit(
         Err(e) => return crate::error::AppError::from(e).into_response(),
     };
     tracing::info!(event = "login.succeeded", user_id = %user.id, sid = %session.id, "login succeeded");
+    if let Some(r) = request
+        && let Err(e) = crate::oauth::authorize::mark_authenticated(&state, r, &session.id).await
+    {
+        return crate::error::AppError::from(e).into_response();
+    }
     let location = match request {
         Some(r) => format!("/authorize/resume?request={r}"),
         None => "/login/done".to_string(),

@@ -37,6 +37,17 @@ pub async fn find_request(
     .await?)
 }
 
+pub async fn update_request_params(store: &Store, id: &str, params: &str) -> StoreResult<()> {
+    sqlx::query(
+        "UPDATE authorization_requests SET params = $1 WHERE id = $2 AND completed_at IS NULL",
+    )
+    .bind(params)
+    .bind(id)
+    .execute(store.writer())
+    .await?;
+    Ok(())
+}
+
 /// Marks a request finished; false when it already was (a replayed resume).
 pub async fn complete_request(tx: &mut Tx, id: &str, now: i64) -> StoreResult<bool> {
     let done = sqlx::query(

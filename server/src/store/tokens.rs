@@ -24,6 +24,48 @@ pub async fn insert_family(
     Ok(())
 }
 
+/// Many access tokens in one statement (group commit).
+pub async fn insert_access_many(
+    tx: &mut Tx,
+    rows: &[(&AccessTokenRecord, &str)],
+) -> StoreResult<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    const COLS: usize = 13;
+    let groups: Vec<String> = (0..rows.len())
+        .map(|i| {
+            let ps: Vec<String> = (1..=COLS).map(|c| format!("${}", i * COLS + c)).collect();
+            format!("({})", ps.join(", "))
+        })
+        .collect();
+    // The SQL text holds only generated placeholders, never data.
+    let sql = format!(
+        "INSERT INTO access_tokens (token_hash, id, client_id, user_id, session_id, family_id, scope, audience, \
+         auth_time, amr, acr, issued_at, expires_at) VALUES {}",
+        groups.join(", ")
+    );
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for (t, hash) in rows {
+        q = q
+            .bind(hash.to_string())
+            .bind(t.id.clone())
+            .bind(t.client_id.clone())
+            .bind(t.user_id.clone())
+            .bind(t.session_id.clone())
+            .bind(t.family_id.clone())
+            .bind(t.scope.clone())
+            .bind(t.audience.clone())
+            .bind(t.auth_time)
+            .bind(t.amr.clone())
+            .bind(t.acr.clone())
+            .bind(t.issued_at)
+            .bind(t.expires_at);
+    }
+    q.execute(&mut **tx).await?;
+    Ok(())
+}
+
 pub async fn insert_access(
     tx: &mut Tx,
     t: &AccessTokenRecord,

@@ -73,9 +73,15 @@ async fn run(store: Store, mut rx: mpsc::Receiver<Pending>) {
 }
 
 async fn write(store: &Store, batch: &[Pending]) -> Result<(), StoreError> {
+    let rows: Vec<(&AccessTokenRecord, &str)> = batch
+        .iter()
+        .map(|p| (&p.record, p.token_hash.as_str()))
+        .collect();
     let mut tx = store.begin().await?;
-    for p in batch {
-        crate::store::tokens::insert_access(&mut tx, &p.record, &p.token_hash).await?;
+    // 64 rows per statement keeps the placeholder count far below both
+    // backends' limits.
+    for chunk in rows.chunks(64) {
+        crate::store::tokens::insert_access_many(&mut tx, chunk).await?;
     }
     tx.commit().await?;
     Ok(())
