@@ -269,12 +269,21 @@ pub struct Browser {
 
 impl Browser {
     pub fn new(issuer: &str) -> Browser {
-        Browser {
-            http: reqwest::Client::builder()
+        Browser::with_client(
+            issuer,
+            reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
                 .cookie_store(true)
                 .build()
                 .unwrap(),
+        )
+    }
+
+    /// A browser around a client of the caller's making (its own cookie
+    /// jar, User-Agent, …); it must not follow redirects.
+    pub fn with_client(issuer: &str, http: reqwest::Client) -> Browser {
+        Browser {
+            http,
             issuer: issuer.to_string(),
             mfa_code: std::sync::Mutex::new(None),
         }
