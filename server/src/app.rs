@@ -227,6 +227,7 @@ pub async fn serve(
     let reload = tokio::spawn(reload_keys_periodically(state.clone()));
     let outbox = tokio::spawn(crate::outbox::run(state.clone()));
     let sweeper = tokio::spawn(sweep_sessions_periodically(state.clone()));
+    let refund_expiry = tokio::spawn(crate::refunds::expire_periodically(state.clone()));
     let listener = (state.store.backend() == crate::store::Backend::Postgres).then(|| {
         tokio::spawn(crate::tokens::cache::listen_for_revocations(
             state.config.database.url.clone(),
@@ -250,6 +251,7 @@ pub async fn serve(
     reload.abort();
     outbox.abort();
     sweeper.abort();
+    refund_expiry.abort();
     if let Some(l) = listener {
         l.abort();
     }

@@ -76,6 +76,12 @@ pub struct RefundsConfig {
     /// [`RefundsConfig::default_threshold`].
     pub four_eyes_threshold: BTreeMap<String, i64>,
     pub default_threshold: i64,
+    /// How long a request may wait for approval before it expires.
+    pub pending_ttl: Duration,
+    /// How long an Idempotency-Key and its stored response are kept.
+    pub idempotency_ttl: Duration,
+    /// `aud` of approval tokens: the payments service.
+    pub payments_audience: String,
 }
 
 #[derive(Debug, Clone)]
@@ -120,6 +126,9 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("sessions.absolute_timeout", "12h"),
     ("refunds.four_eyes_threshold", ""),
     ("refunds.default_threshold", "10000"),
+    ("refunds.pending_ttl", "24h"),
+    ("refunds.idempotency_ttl", "24h"),
+    ("refunds.payments_audience", "payments"),
     ("outbox.retry_base", "5s"),
     ("outbox.max_attempts", "8"),
     ("mfa.step_up_max_age", "5m"),
@@ -242,6 +251,15 @@ impl Config {
                     get("refunds.default_threshold"),
                     0,
                     i64::MAX,
+                )?,
+                pending_ttl: parse_key_duration("refunds.pending_ttl", get("refunds.pending_ttl"))?,
+                idempotency_ttl: parse_key_duration(
+                    "refunds.idempotency_ttl",
+                    get("refunds.idempotency_ttl"),
+                )?,
+                payments_audience: parse_audience(
+                    "refunds.payments_audience",
+                    get("refunds.payments_audience"),
                 )?,
             },
             outbox: OutboxConfig {
@@ -380,6 +398,18 @@ fn parse_thresholds(text: &str) -> Result<BTreeMap<String, i64>, ConfigError> {
         out.insert(currency.to_string(), amount);
     }
     Ok(out)
+}
+
+fn parse_audience(key: &str, value: &str) -> Result<String, ConfigError> {
+    let v = value.trim();
+    if v.is_empty() || v.len() > 200 || v.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(invalid(
+            key,
+            value,
+            "a non-empty audience name without spaces, e.g. payments",
+        ));
+    }
+    Ok(v.to_string())
 }
 
 fn parse_issuer(value: &str) -> Result<String, ConfigError> {

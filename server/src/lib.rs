@@ -16,6 +16,7 @@ pub mod oidc;
 pub mod ops;
 pub mod outbox;
 pub mod permissions;
+pub mod refunds;
 pub mod sessions;
 pub mod store;
 pub mod telemetry;

@@ -12,4 +12,5 @@ mod foundation;
 mod gateway;
 mod mfa;
 mod oauth;
+mod refunds;
 mod sessions;

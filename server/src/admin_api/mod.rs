@@ -3,6 +3,7 @@
 //! through the code flow; permissions are the user's roles at the time of
 //! the call. Every mutating action needs a `reason` and is audited.
 
+pub mod refunds;
 pub mod sessions;
 
 use std::collections::BTreeSet;
@@ -22,6 +23,7 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/admin/api/me", axum::routing::get(me))
         .merge(sessions::router())
+        .merge(refunds::router())
 }
 
 /// An authenticated staff member.

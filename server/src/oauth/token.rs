@@ -134,25 +134,14 @@ async fn authorization_code(
     }
     if record.used_at.is_some() {
         // RFC 6749 §4.1.2: a replayed code revokes what its first use issued.
-        if let Some(family) = &record.family_id {
-            crate::store::tokens::revoke_family(
-                &state.store,
-                &mut tx,
-                family,
-                now,
-                "authorization code reuse",
-            )
-            .await?;
-        }
-        audit::record(
-            &state.store,
+        revoke_for_reuse(
+            state,
             &mut tx,
-            state.clock.now_ms(),
-            &client_ctx(client),
-            AuditEvent::new("oauth.code_reuse", format!("user:{}", record.user_id)).after(serde_json::json!({
-                "client_id": client.id, "family_id": record.family_id, "session_id": record.session_id,
-                "revoked": true,
-            })),
+            client,
+            "oauth.code_reuse",
+            record.family_id.as_deref(),
+            &record.user_id,
+            Some(&record.session_id),
         )
         .await?;
         tx.commit().await.map_err(StoreError::from)?;
@@ -185,7 +174,14 @@ async fn authorization_code(
         (None, None) => {}
     }
     let session = crate::store::sessions::find(&state.store, &record.session_id).await?;
-    if session.is_none_or(|s| s.ended_at.is_some()) {
+    let Some(session) = session.filter(|s| s.is_live()) else {
+        return Err(OAuthError::invalid_grant("the sign-in session has ended"));
+    };
+    if let Some(reason) =
+        crate::sessions::timed_out(state, session.created_at, session.last_seen_at, now)
+    {
+        drop(tx);
+        crate::sessions::expire(state, &session.id, reason).await?;
         return Err(OAuthError::invalid_grant("the sign-in session has ended"));
     }
     let family_id = crypto::random_id();
@@ -277,23 +273,14 @@ async fn refresh(
     }
     if record.used_at.is_some() {
         // Reuse of a rotated token: someone holds a copy. Kill the family.
-        crate::store::tokens::revoke_family(
-            &state.store,
+        revoke_for_reuse(
+            state,
             &mut tx,
-            &record.family_id,
-            now,
-            "refresh token reuse",
-        )
-        .await?;
-        audit::record(
-            &state.store,
-            &mut tx,
-            state.clock.now_ms(),
-            &client_ctx(client),
-            AuditEvent::new("oauth.refresh_reuse", format!("user:{}", record.user_id)).after(serde_json::json!({
-                "client_id": client.id, "family_id": record.family_id, "session_id": record.session_id,
-                "revoked": true,
-            })),
+            client,
+            "oauth.refresh_reuse",
+            Some(&record.family_id),
+            &record.user_id,
+            record.session_id.as_deref(),
         )
         .await?;
         tx.commit().await.map_err(StoreError::from)?;
@@ -306,24 +293,25 @@ async fn refresh(
     if record.expires_at <= now || record.session_ended_at.is_some() {
         return Err(bad());
     }
+    if let (Some(sid), Some(created), Some(seen)) = (
+        &record.session_id,
+        record.session_created_at,
+        record.session_last_seen_at,
+    ) && let Some(reason) = crate::sessions::timed_out(state, created, seen, now)
+    {
+        drop(tx);
+        crate::sessions::expire(state, sid, reason).await?;
+        return Err(bad());
+    }
     let user = crate::store::users::find_by_id(&state.store, &record.user_id).await?;
     if user.is_none_or(|u| u.locked) {
         return Err(bad());
     }
-    let granted: Vec<&str> = record.scope.split(' ').filter(|s| !s.is_empty()).collect();
-    let scope = match params.get("scope")? {
-        None => record.scope.clone(),
-        Some(requested) => {
-            let requested: Vec<&str> = requested.split(' ').filter(|s| !s.is_empty()).collect();
-            if let Some(extra) = requested.iter().find(|s| !granted.contains(s)) {
-                return Err(OAuthError::new(
-                    ErrorCode::InvalidScope,
-                    format!("scope `{extra}` was not granted originally"),
-                ));
-            }
-            requested.join(" ")
-        }
-    };
+    let scope = narrow_scope(
+        &record.scope,
+        params.get("scope")?,
+        "was not granted originally",
+    )?;
     if !crate::store::tokens::mark_refresh_used(&mut tx, &hash, now).await? {
         return Err(bad());
     }
@@ -387,4 +375,53 @@ async fn client_credentials(
     };
     let minted = tokens::mint_standalone(state, &grant).await?;
     respond(state, client, &grant, minted)
+}
+
+/// A requested scope that must be within `granted` (refresh, token
+/// exchange); absent means all of it.
+pub(crate) fn narrow_scope(
+    granted: &str,
+    requested: Option<&str>,
+    refusal: &str,
+) -> Result<String, OAuthError> {
+    let Some(requested) = requested else {
+        return Ok(granted.to_string());
+    };
+    let granted: Vec<&str> = granted.split(' ').filter(|s| !s.is_empty()).collect();
+    let requested: Vec<&str> = requested.split(' ').filter(|s| !s.is_empty()).collect();
+    if let Some(extra) = requested.iter().find(|s| !granted.contains(s)) {
+        return Err(OAuthError::new(
+            ErrorCode::InvalidScope,
+            format!("scope `{extra}` {refusal}"),
+        ));
+    }
+    Ok(requested.join(" "))
+}
+
+/// A replayed code or refresh token: someone holds a copy. Revokes the
+/// whole family and records it, in the caller's transaction.
+async fn revoke_for_reuse(
+    state: &AppState,
+    tx: &mut Tx,
+    client: &Client,
+    action: &str,
+    family_id: Option<&str>,
+    user_id: &str,
+    session_id: Option<&str>,
+) -> Result<(), OAuthError> {
+    let now = state.clock.now();
+    if let Some(family) = family_id {
+        crate::store::tokens::revoke_family(&state.store, tx, family, now, action).await?;
+    }
+    audit::record(
+        &state.store,
+        tx,
+        state.clock.now_ms(),
+        &client_ctx(client),
+        AuditEvent::new(action, format!("user:{user_id}")).after(serde_json::json!({
+            "client_id": client.id, "family_id": family_id, "session_id": session_id, "revoked": true,
+        })),
+    )
+    .await?;
+    Ok(())
 }

@@ -177,29 +177,49 @@ pub async fn current(
         return Ok(None);
     }
     let now = state.clock.now();
-    let idle = i64::try_from(state.config.sessions.idle_timeout.as_secs()).unwrap_or(i64::MAX);
-    let absolute =
-        i64::try_from(state.config.sessions.absolute_timeout.as_secs()).unwrap_or(i64::MAX);
-    let idle_out = now.saturating_sub(session.last_seen_at) > idle;
-    if idle_out || now.saturating_sub(session.created_at) > absolute {
-        let reason = if idle_out {
-            end::IDLE_TIMEOUT
-        } else {
-            end::ABSOLUTE_TIMEOUT
-        };
-        end::end_session(
-            state,
-            &session.id,
-            &end::Ender::system(),
-            reason,
-            None,
-            &AuditContext::system("sessions"),
-        )
-        .await?;
+    if let Some(reason) = timed_out(state, session.created_at, session.last_seen_at, now) {
+        expire(state, &session.id, reason).await?;
         return Ok(None);
     }
-    if now - session.last_seen_at >= 60 {
+    // Often enough that the idle timeout sees the activity, at most once a minute.
+    let idle = i64::try_from(state.config.sessions.idle_timeout.as_secs()).unwrap_or(i64::MAX);
+    if now - session.last_seen_at >= (idle / 4).clamp(1, 60) {
         crate::store::sessions::touch(&state.store, &session.id, now).await?;
     }
     Ok(Some(session))
+}
+
+/// Which timeout a live session has passed at `now`, if any. Every path
+/// that relies on a session (cookie, token use, introspection) asks this,
+/// so a timed-out session is dead at once, not when the sweeper next runs.
+pub fn timed_out(
+    state: &AppState,
+    created_at: i64,
+    last_seen_at: i64,
+    now: i64,
+) -> Option<&'static str> {
+    let idle = i64::try_from(state.config.sessions.idle_timeout.as_secs()).unwrap_or(i64::MAX);
+    let absolute =
+        i64::try_from(state.config.sessions.absolute_timeout.as_secs()).unwrap_or(i64::MAX);
+    if now.saturating_sub(created_at) > absolute {
+        Some(end::ABSOLUTE_TIMEOUT)
+    } else if now.saturating_sub(last_seen_at) > idle {
+        Some(end::IDLE_TIMEOUT)
+    } else {
+        None
+    }
+}
+
+/// Ends a timed-out session (revoking its tokens, auditing, notifying).
+pub async fn expire(state: &AppState, session_id: &str, reason: &str) -> Result<(), StoreError> {
+    end::end_session(
+        state,
+        session_id,
+        &end::Ender::system(),
+        reason,
+        None,
+        &AuditContext::system("sessions"),
+    )
+    .await?;
+    Ok(())
 }

@@ -12,6 +12,7 @@ pub mod clients;
 pub mod mfa;
 pub mod oauth;
 pub mod outbox;
+pub mod refunds;
 pub mod roles;
 pub mod sessions;
 pub mod tokens;

@@ -71,26 +71,7 @@ pub async fn insert_access(
     t: &AccessTokenRecord,
     token_hash: &str,
 ) -> StoreResult<()> {
-    sqlx::query(
-        "INSERT INTO access_tokens (token_hash, id, client_id, user_id, session_id, family_id, scope, audience, \
-         auth_time, amr, acr, issued_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-    )
-    .bind(token_hash)
-    .bind(&t.id)
-    .bind(&t.client_id)
-    .bind(&t.user_id)
-    .bind(&t.session_id)
-    .bind(&t.family_id)
-    .bind(&t.scope)
-    .bind(&t.audience)
-    .bind(t.auth_time)
-    .bind(&t.amr)
-    .bind(&t.acr)
-    .bind(t.issued_at)
-    .bind(t.expires_at)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
+    insert_access_many(tx, &[(t, token_hash)]).await
 }
 
 pub async fn insert_refresh(tx: &mut Tx, t: &RefreshTokenRecord) -> StoreResult<()> {
@@ -117,7 +98,8 @@ pub async fn insert_refresh(tx: &mut Tx, t: &RefreshTokenRecord) -> StoreResult<
 
 const REFRESH_COLUMNS: &str = "r.token_hash, r.family_id, r.client_id, r.user_id, r.session_id, r.scope, \
      r.nonce, r.auth_time, r.amr, r.acr, r.issued_at, r.expires_at, r.used_at, r.revoked_at, \
-     f.revoked_at AS family_revoked_at, s.ended_at AS session_ended_at";
+     f.revoked_at AS family_revoked_at, s.ended_at AS session_ended_at, \
+     s.created_at AS session_created_at, s.last_seen_at AS session_last_seen_at";
 
 pub async fn find_refresh_for_update(
     store: &Store,
@@ -197,7 +179,8 @@ pub async fn revoke_family(
 
 const ACCESS_COLUMNS: &str = "a.id, a.client_id, a.user_id, a.session_id, a.family_id, a.scope, a.audience, \
      a.auth_time, a.amr, a.acr, a.issued_at, a.expires_at, a.revoked_at, \
-     f.revoked_at AS family_revoked_at, s.ended_at AS session_ended_at";
+     f.revoked_at AS family_revoked_at, s.ended_at AS session_ended_at, \
+     s.created_at AS session_created_at, s.last_seen_at AS session_last_seen_at";
 
 pub async fn find_access(
     store: &Store,

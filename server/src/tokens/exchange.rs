@@ -67,20 +67,11 @@ pub async fn exchange(
     let record = tokens::active_access_token(state, subject)
         .await?
         .ok_or_else(|| OAuthError::invalid_grant("subject_token is not an active access token"))?;
-    let granted: Vec<&str> = record.scopes().collect();
-    let scope = match params.get("scope")? {
-        None => record.scope.clone(),
-        Some(requested) => {
-            let requested: Vec<&str> = requested.split(' ').filter(|s| !s.is_empty()).collect();
-            if let Some(extra) = requested.iter().find(|s| !granted.contains(s)) {
-                return Err(OAuthError::new(
-                    ErrorCode::InvalidScope,
-                    format!("scope `{extra}` is not in the subject token"),
-                ));
-            }
-            requested.join(" ")
-        }
-    };
+    let scope = crate::oauth::token::narrow_scope(
+        &record.scope,
+        params.get("scope")?,
+        "is not in the subject token",
+    )?;
     let actor = (client.id != record.client_id).then_some(client.id.as_str());
     let (jwt, expires_in) =
         super::jwt::mint(state, &record, target, &scope, actor).map_err(|e| {

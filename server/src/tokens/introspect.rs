@@ -133,6 +133,13 @@ pub async fn describe(state: &AppState, token: &str) -> Result<serde_json::Value
         if !active {
             return Ok(inactive());
         }
+        if let (Some(sid), Some(created), Some(seen)) =
+            (&r.session_id, r.session_created_at, r.session_last_seen_at)
+            && let Some(reason) = crate::sessions::timed_out(state, created, seen, now)
+        {
+            crate::sessions::expire(state, sid, reason).await?;
+            return Ok(inactive());
+        }
         return Ok(serde_json::json!({
             "active": true,
             "token_type": "refresh_token",

@@ -39,6 +39,10 @@ pub struct AccessTokenRecord {
     pub family_revoked_at: Option<i64>,
     #[sqlx(default)]
     pub session_ended_at: Option<i64>,
+    #[sqlx(default)]
+    pub session_created_at: Option<i64>,
+    #[sqlx(default)]
+    pub session_last_seen_at: Option<i64>,
 }
 
 impl AccessTokenRecord {
@@ -85,6 +89,10 @@ pub struct RefreshTokenRecord {
     pub family_revoked_at: Option<i64>,
     #[sqlx(default)]
     pub session_ended_at: Option<i64>,
+    #[sqlx(default)]
+    pub session_created_at: Option<i64>,
+    #[sqlx(default)]
+    pub session_last_seen_at: Option<i64>,
 }
 
 /// Who and what a new set of tokens is for.
@@ -131,6 +139,8 @@ pub async fn mint_standalone(state: &AppState, grant: &TokenGrant) -> StoreResul
         revoked_at: None,
         family_revoked_at: None,
         session_ended_at: None,
+        session_created_at: None,
+        session_last_seen_at: None,
     };
     let access_id = record.id.clone();
     state
@@ -172,6 +182,8 @@ pub async fn mint(
         revoked_at: None,
         family_revoked_at: None,
         session_ended_at: None,
+        session_created_at: None,
+        session_last_seen_at: None,
     };
     crate::store::tokens::insert_access(tx, &record, &crypto::sha256_hex(&access_token)).await?;
     let refresh_token = match (with_refresh, family_id, &grant.user_id) {
@@ -196,6 +208,8 @@ pub async fn mint(
                 revoked_at: None,
                 family_revoked_at: None,
                 session_ended_at: None,
+                session_created_at: None,
+                session_last_seen_at: None,
             };
             crate::store::tokens::insert_refresh(tx, &rt).await?;
             Some(token)
@@ -232,7 +246,19 @@ pub async fn active_access_token(
     }
     let generation = state.introspection_cache.generation();
     let record = crate::store::tokens::find_access(&state.store, &hash).await?;
-    let active = record.filter(|r| r.is_active(now));
+    let Some(record) = record.filter(|r| r.is_active(now)) else {
+        return Ok(None);
+    };
+    if let (Some(sid), Some(created), Some(seen)) = (
+        &record.session_id,
+        record.session_created_at,
+        record.session_last_seen_at,
+    ) && let Some(reason) = crate::sessions::timed_out(state, created, seen, now)
+    {
+        crate::sessions::expire(state, sid, reason).await?;
+        return Ok(None);
+    }
+    let active = Some(record);
     if let Some(r) = &active {
         state
             .introspection_cache
