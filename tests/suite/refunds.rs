@@ -562,6 +562,34 @@ fn currencies_and_amounts() {
     }
 }
 
+/// `refunds.pending_ttl`, `refunds.idempotency_ttl`, `refunds.payments_audience`.
+#[test]
+fn refund_settings_have_defaults_and_name_bad_values() {
+    use portcullis::config::Config;
+    let c = Config::defaults().unwrap();
+    assert_eq!(c.refunds.pending_ttl, Duration::from_secs(86_400));
+    assert_eq!(c.refunds.idempotency_ttl, Duration::from_secs(86_400));
+    assert_eq!(c.refunds.payments_audience, "payments");
+    let env = |k: &str, v: &str| vec![(k.to_string(), v.to_string())];
+    let c = Config::load_with_env(None, env("PORTCULLIS_REFUNDS_PENDING_TTL", "2h")).unwrap();
+    assert_eq!(c.refunds.pending_ttl, Duration::from_secs(7200));
+    for (key, value) in [
+        ("PORTCULLIS_REFUNDS_PENDING_TTL", "soon"),
+        ("PORTCULLIS_REFUNDS_IDEMPOTENCY_TTL", "0s"),
+        ("PORTCULLIS_REFUNDS_PAYMENTS_AUDIENCE", "two words"),
+        ("PORTCULLIS_REFUNDS_PAYMENTS_AUDIENCE", " "),
+    ] {
+        let e = Config::load_with_env(None, env(key, value)).unwrap_err();
+        let name = key
+            .trim_start_matches("PORTCULLIS_REFUNDS_")
+            .to_ascii_lowercase();
+        assert!(
+            e.to_string().contains(&format!("refunds.{name}")),
+            "{key}={value}: {e}"
+        );
+    }
+}
+
 // ---- over HTTP ----------------------------------------------------------------
 
 async fn requests_validate_money_and_currency(backend: Backend) {
