@@ -34,6 +34,8 @@ pub struct AppState {
     pub http_client: reqwest::Client,
     /// Group commit for standalone access tokens.
     pub token_writer: crate::tokens::batch::TokenWriter,
+    /// The WebAuthn relying party (off when the issuer is on an IP address).
+    pub webauthn: Arc<crate::mfa::webauthn::RelyingParty>,
 }
 
 /// What start-up did, for the operator.
@@ -50,11 +52,18 @@ pub enum StartupError {
     Store(#[from] crate::store::StoreError),
     #[error("signing keys: {0}")]
     Keys(#[from] keys::KeyError),
+    #[error("{0}")]
+    Webauthn(String),
 }
 
 /// Connects, migrates, loads (or creates) signing keys and, on an empty user
 /// table, issues the bootstrap code.
 pub async fn start(config: Config, clock: SharedClock) -> Result<Startup, StartupError> {
+    let webauthn =
+        crate::mfa::webauthn::RelyingParty::from_config(&config).map_err(StartupError::Webauthn)?;
+    if !webauthn.available() {
+        tracing::info!(issuer = %config.issuer, "WebAuthn is off: the issuer's host is not a domain name");
+    }
     let store = Store::connect(
         &config.database.url,
         &PoolSettings {
@@ -95,6 +104,7 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Startup, Startu
         .build()
         .unwrap_or_default();
     let state = AppState {
+        webauthn: Arc::new(webauthn),
         outbox_wake: Arc::new(tokio::sync::Notify::new()),
         token_writer: crate::tokens::batch::TokenWriter::spawn(store.clone()),
         http_client,
@@ -123,6 +133,7 @@ pub fn public_router(state: AppState) -> Router {
         .merge(crate::sessions::account::router())
         .merge(crate::mfa::login::router())
         .merge(crate::mfa::account::router())
+        .merge(crate::mfa::webauthn_http::router())
         .route("/static/portcullis.css", axum::routing::get(stylesheet))
         .layer(middleware::from_fn(crate::web::security_headers))
         .layer(middleware::from_fn_with_state(

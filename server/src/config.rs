@@ -18,7 +18,32 @@ pub struct Config {
     pub refunds: RefundsConfig,
     pub outbox: OutboxConfig,
     pub mfa: MfaConfig,
+    pub webauthn: WebauthnConfig,
     pub log: LogConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct WebauthnConfig {
+    pub user_verification: UserVerification,
+}
+
+/// `webauthn.user_verification`: must the authenticator verify the person
+/// (PIN, biometric) on every use?
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UserVerification {
+    /// Passkeys: verification on every registration and sign-in.
+    Required,
+    /// Security keys: verification when the key supports it.
+    Preferred,
+}
+
+impl UserVerification {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UserVerification::Required => "required",
+            UserVerification::Preferred => "preferred",
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -132,11 +157,12 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("outbox.retry_base", "5s"),
     ("outbox.max_attempts", "8"),
     ("mfa.step_up_max_age", "5m"),
+    ("webauthn.user_verification", "required"),
     ("log.level", "info"),
 ];
 
 const SECTIONS: &[&str] = &[
-    "database", "http", "keys", "tokens", "sessions", "refunds", "outbox", "mfa", "log",
+    "database", "http", "keys", "tokens", "sessions", "refunds", "outbox", "mfa", "webauthn", "log",
 ];
 
 impl Config {
@@ -271,6 +297,19 @@ impl Config {
                     "mfa.step_up_max_age",
                     get("mfa.step_up_max_age"),
                 )?,
+            },
+            webauthn: WebauthnConfig {
+                user_verification: match get("webauthn.user_verification") {
+                    "required" => UserVerification::Required,
+                    "preferred" => UserVerification::Preferred,
+                    other => {
+                        return Err(invalid(
+                            "webauthn.user_verification",
+                            other,
+                            "`required` or `preferred`",
+                        ));
+                    }
+                },
             },
             log: LogConfig {
                 level: get("log.level").to_string(),

@@ -14,3 +14,4 @@ mod mfa;
 mod oauth;
 mod refunds;
 mod sessions;
+mod webauthn;

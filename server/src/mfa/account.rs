@@ -1,6 +1,7 @@
 //! `/account/mfa`: enrol and remove an authenticator app, regenerate
-//! recovery codes. Changing factors when one exists needs a second factor
-//! used within the last five minutes. HTML, or JSON with
+//! recovery codes, list security keys (registered, renamed and removed
+//! through `mfa::webauthn_http`). Changing factors when one exists needs a
+//! second factor used within the last five minutes. HTML, or JSON with
 //! `Accept: application/json`; CSRF token on every POST.
 
 use axum::Router;
@@ -87,9 +88,24 @@ async fn overview(State(state): State<AppState>, headers: HeaderMap) -> Response
         Ok(f) => f,
         Err(e) => return AppError::from(e).into_response(),
     };
+    let (keys, passkey_login) =
+        match super::webauthn_http::account_json(&state, &session.user_id).await {
+            Ok(x) => x,
+            Err(e) => return AppError::from(e).into_response(),
+        };
     let (token, cookie) = csrf::token_for_form(&crate::sessions::cookie_policy(&state), &headers);
     let mut resp = if wants_json(&headers) {
-        axum::Json(serde_json::json!({"factors": factors, "csrf_token": token})).into_response()
+        axum::Json(serde_json::json!({
+            "factors": factors,
+            "credentials": keys,
+            "passkey_login": passkey_login,
+            "webauthn": {
+                "available": state.webauthn.available(),
+                "user_verification": state.webauthn.user_verification().as_str(),
+            },
+            "csrf_token": token,
+        }))
+        .into_response()
     } else {
         let totp = if factors.totp {
             format!(
@@ -105,8 +121,9 @@ async fn overview(State(state): State<AppState>, headers: HeaderMap) -> Response
             )
         };
         let body = format!(
-            "{totp}<p>Recovery codes left: {}</p><form method=\"post\" action=\"/account/mfa/recovery-codes\">{}\
+            "{totp}{}<p>Recovery codes left: {}</p><form method=\"post\" action=\"/account/mfa/recovery-codes\">{}\
              <button type=\"submit\" class=\"secondary\">New recovery codes</button></form>",
+            super::webauthn_http::account_html(&state, &token, &keys, passkey_login),
             factors.recovery_codes_left,
             html::hidden(csrf::CSRF_FIELD, &token)
         );

@@ -2,6 +2,8 @@
 //! The password step leaves a short-lived, single-use login challenge
 //! (cookie `pc_mfa`, only its hash stored); a valid TOTP or recovery code
 //! turns it into a session with `amr` `["pwd", "otp"]` and the MFA `acr`.
+//! A security key (JSON under `/login/webauthn/…`, see
+//! `mfa::webauthn_http`) finishes through the same [`complete`].
 
 use axum::Router;
 use axum::body::Bytes;
@@ -60,15 +62,21 @@ pub async fn begin(
     Ok(resp)
 }
 
-struct Challenge {
-    hash: String,
-    user_id: String,
+/// A pending login: the password was accepted, a second factor is due.
+pub(crate) struct Challenge {
+    /// SHA-256 of the `pc_mfa` cookie secret.
+    pub(crate) hash: String,
+    pub(crate) user_id: String,
     request: Option<String>,
     ip: Option<String>,
     user_agent: Option<String>,
 }
 
-async fn challenge(state: &AppState, headers: &HeaderMap) -> Result<Option<Challenge>, StoreError> {
+/// The live login challenge named by the request's `pc_mfa` cookie.
+pub(crate) async fn challenge(
+    state: &AppState,
+    headers: &HeaderMap,
+) -> Result<Option<Challenge>, StoreError> {
     let Some(secret) = sessions::cookie_policy(state).get(headers, MFA_COOKIE) else {
         return Ok(None);
     };
@@ -114,6 +122,9 @@ async fn form(
             "<p class=\"error\" role=\"alert\">{}</p>",
             escape(e)
         ));
+    }
+    if factors.is_some_and(|f| f.webauthn > 0) && state.webauthn.available() {
+        body.push_str(&super::webauthn_http::second_factor_html(&token));
     }
     if factors.is_some_and(|f| f.totp) {
         body.push_str(&format!(
@@ -195,47 +206,79 @@ async fn submit(State(state): State<AppState>, headers: HeaderMap, body: Bytes) 
         Err(MfaError::Store(e)) => return AppError::from(e).into_response(),
         Err(e) => return AppError::BadRequest(e.to_string()).into_response(),
     }
-    // The challenge is single-use: a second submission cannot mint another session.
-    let consumed = async {
-        let mut tx = state.store.begin().await?;
-        let ok =
-            crate::store::mfa::consume_login_challenge(&mut tx, &c.hash, state.clock.now()).await?;
-        tx.commit().await?;
-        Ok::<_, StoreError>(ok)
+    match complete(&state, &headers, &c, "otp").await {
+        Ok(Some(done)) => {
+            let mut resp =
+                (StatusCode::SEE_OTHER, [(header::LOCATION, done.location)]).into_response();
+            for cookie in done.cookies {
+                resp.headers_mut().append(header::SET_COOKIE, cookie);
+            }
+            resp
+        }
+        Ok(None) => expired(),
+        Err(e) => AppError::from(e).into_response(),
     }
-    .await;
-    match consumed {
-        Ok(true) => {}
-        Ok(false) => return expired(),
-        Err(e) => return AppError::from(e).into_response(),
+}
+
+/// A login that succeeded: where the browser goes next and the cookies to set.
+pub(crate) struct Completed {
+    pub(crate) location: String,
+    pub(crate) cookies: Vec<HeaderValue>,
+}
+
+/// Turns a login challenge whose second factor was verified into a session
+/// with `amr` `["pwd", method]` and the MFA `acr`. The challenge is
+/// single-use: `None` if it was already used (or expired) meanwhile, so a
+/// second submission cannot mint another session.
+pub(crate) async fn complete(
+    state: &AppState,
+    headers: &HeaderMap,
+    c: &Challenge,
+    method: &str,
+) -> Result<Option<Completed>, StoreError> {
+    let mut tx = state.store.begin().await?;
+    let consumed =
+        crate::store::mfa::consume_login_challenge(&mut tx, &c.hash, state.clock.now()).await?;
+    tx.commit().await?;
+    if !consumed {
+        return Ok(None);
     }
-    let current = sessions::current(&state, &headers).await.ok().flatten();
     let auth = Authentication {
         user_id: c.user_id.clone(),
-        amr: vec!["pwd".to_string(), "otp".to_string()],
+        amr: vec!["pwd".to_string(), method.to_string()],
         acr: ACR_MFA.to_string(),
         ip: c.ip.clone(),
         user_agent: c.user_agent.clone(),
     };
-    let (session, secret) = match sessions::login(&state, current.as_ref(), auth).await {
-        Ok(x) => x,
-        Err(e) => return AppError::from(e).into_response(),
-    };
-    tracing::info!(event = "login.succeeded", user_id = %c.user_id, sid = %session.id, mfa = true, "login succeeded with a second factor");
-    if let Some(r) = &c.request
-        && let Err(e) = crate::oauth::authorize::mark_authenticated(&state, r, &session.id).await
-    {
-        return AppError::from(e).into_response();
+    let mut done = establish(state, headers, auth, c.request.as_deref()).await?;
+    done.cookies
+        .push(sessions::cookie_policy(state).clear(MFA_COOKIE));
+    Ok(Some(done))
+}
+
+/// Starts (or re-authenticates) the browser's session after a login with a
+/// second factor, and says where to continue: the pending authorization
+/// request, or `/login/done`.
+pub(crate) async fn establish(
+    state: &AppState,
+    headers: &HeaderMap,
+    auth: Authentication,
+    request: Option<&str>,
+) -> Result<Completed, StoreError> {
+    let current = sessions::current(state, headers).await.ok().flatten();
+    let user_id = auth.user_id.clone();
+    let amr = auth.amr.join(" ");
+    let (session, secret) = sessions::login(state, current.as_ref(), auth).await?;
+    tracing::info!(event = "login.succeeded", user_id = %user_id, sid = %session.id, mfa = true, amr = %amr, "login succeeded with a second factor");
+    if let Some(r) = request {
+        crate::oauth::authorize::mark_authenticated(state, r, &session.id).await?;
     }
-    let location = match &c.request {
+    let location = match request {
         Some(r) => format!("/authorize/resume?request={r}"),
         None => "/login/done".to_string(),
     };
-    let mut resp = (StatusCode::SEE_OTHER, [(header::LOCATION, location)]).into_response();
-    let policy = sessions::cookie_policy(&state);
-    resp.headers_mut()
-        .append(header::SET_COOKIE, sessions::set_cookie(&state, &secret));
-    resp.headers_mut()
-        .append(header::SET_COOKIE, policy.clear(MFA_COOKIE));
-    resp
+    Ok(Completed {
+        location,
+        cookies: vec![sessions::set_cookie(state, &secret)],
+    })
 }

@@ -1,11 +1,14 @@
-//! Second factors: TOTP (RFC 6238), recovery codes, WebAuthn (issue 6),
-//! the `/login/mfa` step and exponential lockout on wrong codes.
+//! Second factors: TOTP (RFC 6238), recovery codes, WebAuthn security keys
+//! and passkeys (`webauthn`, HTTP in `webauthn_http`), the `/login/mfa`
+//! step and exponential lockout on wrong codes.
 
 pub mod account;
 pub mod lockout;
 pub mod login;
 pub mod recovery;
 pub mod totp;
+pub mod webauthn;
+pub mod webauthn_http;
 
 use crate::sessions::Session;
 use crate::store::{Store, StoreError};

@@ -87,6 +87,11 @@ fn form(
          <input type=\"password\" id=\"password\" name=\"password\" autocomplete=\"current-password\" required>\
          <button type=\"submit\">Sign in</button></form>",
     );
+    if state.webauthn.available() {
+        body.push_str(&crate::mfa::webauthn_http::passkey_login_html(
+            &token, request,
+        ));
+    }
     let mut resp = html::page(status, "Sign in", &body);
     if let Some(c) = set_cookie {
         resp.headers_mut().append(header::SET_COOKIE, c);

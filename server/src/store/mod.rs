@@ -17,6 +17,7 @@ pub mod roles;
 pub mod sessions;
 pub mod tokens;
 pub mod users;
+pub mod webauthn;
 
 use std::path::Path;
 use std::str::FromStr;

@@ -26,6 +26,9 @@ pub struct IntrospectionCache {
     ttl: Duration,
     entries: RwLock<HashMap<String, (AccessTokenRecord, Instant)>>,
     clients: RwLock<HashMap<String, (Client, Instant)>>,
+    /// Signed RFC 9701 answers for active tokens, by (caller, token hash):
+    /// ES256 signing is the costliest step of a JWT introspection.
+    signed: RwLock<HashMap<(String, String), (String, Instant)>>,
     generation: AtomicU64,
     enabled: AtomicBool,
 }
@@ -38,6 +41,7 @@ impl IntrospectionCache {
             ttl,
             entries: RwLock::new(HashMap::new()),
             clients: RwLock::new(HashMap::new()),
+            signed: RwLock::new(HashMap::new()),
             generation: AtomicU64::new(0),
             enabled: AtomicBool::new(enabled),
         }
@@ -82,7 +86,37 @@ impl IntrospectionCache {
         if let Ok(mut clients) = self.clients.write() {
             clients.clear();
         }
+        if let Ok(mut signed) = self.signed.write() {
+            signed.clear();
+        }
         self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+
+    pub fn get_signed(&self, caller: &str, token_hash: &str) -> Option<String> {
+        if !self.enabled.load(Ordering::SeqCst) {
+            return None;
+        }
+        let signed = self.signed.read().ok()?;
+        let (jwt, at) = signed.get(&(caller.to_string(), token_hash.to_string()))?;
+        (at.elapsed() < self.ttl).then(|| jwt.clone())
+    }
+
+    pub fn insert_signed(&self, caller: &str, token_hash: &str, jwt: String, generation: u64) {
+        if !self.enabled.load(Ordering::SeqCst) {
+            return;
+        }
+        if let Ok(mut signed) = self.signed.write() {
+            if self.generation.load(Ordering::SeqCst) != generation {
+                return;
+            }
+            if signed.len() >= MAX_ENTRIES {
+                signed.clear();
+            }
+            signed.insert(
+                (caller.to_string(), token_hash.to_string()),
+                (jwt, Instant::now()),
+            );
+        }
     }
 
     pub fn get_client(&self, id: &str) -> Option<Client> {

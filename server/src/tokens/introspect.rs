@@ -32,6 +32,7 @@ fn wants_jwt(headers: &HeaderMap) -> bool {
 }
 
 async fn introspect(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    let want_jwt = wants_jwt(&headers);
     let result = async {
         let params = Params::parse(&body)?;
         let (caller, _) = client_auth::authenticate(&state, &headers, &params).await?;
@@ -44,10 +45,20 @@ async fn introspect(State(state): State<AppState>, headers: HeaderMap, body: Byt
         let token = params
             .get("token")?
             .ok_or_else(|| OAuthError::invalid_request("token is required"))?;
-        Ok((caller, describe(&state, token).await?))
+        let token_hash = crypto::sha256_hex(token);
+        if want_jwt
+            && let Some(jwt) = state
+                .introspection_cache
+                .get_signed(&caller.id, &token_hash)
+        {
+            return Ok((caller, Answer::Signed(jwt)));
+        }
+        let generation = state.introspection_cache.generation();
+        let claims = describe(&state, token).await?;
+        Ok((caller, Answer::Claims(claims, token_hash, generation)))
     }
     .await;
-    let (caller, claims) = match result {
+    let (caller, answer) = match result {
         Ok(x) => x,
         Err(e) if e.code == ErrorCode::UnauthorizedClient => {
             let mut resp = e.into_response();
@@ -56,28 +67,53 @@ async fn introspect(State(state): State<AppState>, headers: HeaderMap, body: Byt
         }
         Err(e) => return e.into_response(),
     };
-    if wants_jwt(&headers) {
-        return match jwt_response(&state, &caller, claims) {
-            Ok(jwt) => {
-                let mut resp = jwt.into_response();
-                let h = resp.headers_mut();
-                h.insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static(JWT_MEDIA_TYPE),
-                );
-                h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-                resp
+    let jwt = match answer {
+        Answer::Signed(jwt) => jwt,
+        Answer::Claims(claims, _, _) if !want_jwt => {
+            let mut resp = axum::Json(claims).into_response();
+            resp.headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            return resp;
+        }
+        Answer::Claims(claims, token_hash, generation) => {
+            let active = claims["active"] == true;
+            match jwt_response(&state, &caller, claims) {
+                Ok(jwt) => {
+                    // Active answers are reused within the cache TTL, and
+                    // dropped with the rest of the cache on any revocation.
+                    if active {
+                        state.introspection_cache.insert_signed(
+                            &caller.id,
+                            &token_hash,
+                            jwt.clone(),
+                            generation,
+                        );
+                    }
+                    jwt
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot sign an introspection response");
+                    return OAuthError::new(ErrorCode::ServerError, "internal error")
+                        .into_response();
+                }
             }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot sign an introspection response");
-                OAuthError::new(ErrorCode::ServerError, "internal error").into_response()
-            }
-        };
-    }
-    let mut resp = axum::Json(claims).into_response();
-    resp.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        }
+    };
+    let mut resp = jwt.into_response();
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(JWT_MEDIA_TYPE),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp
+}
+
+enum Answer {
+    /// A signed answer from the cache.
+    Signed(String),
+    /// Fresh claims, with the token hash and cache generation they were read at.
+    Claims(serde_json::Value, String, u64),
 }
 
 fn inactive() -> serde_json::Value {

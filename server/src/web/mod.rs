@@ -26,14 +26,16 @@ pub fn user_agent(headers: &HeaderMap) -> Option<String> {
 }
 
 /// Headers every response on the public listener carries: no framing, no
-/// MIME sniffing, no referrer leaks, and a CSP without inline script or style.
+/// MIME sniffing, no referrer leaks, and a CSP without inline script or
+/// style: scripts only from our own static files (`/static/webauthn.js`),
+/// which may call back only to this origin.
 pub async fn security_headers(req: Request, next: Next) -> Response {
     let mut resp = next.run(req).await;
     let h = resp.headers_mut();
     h.insert(
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static(
-            "default-src 'none'; style-src 'self'; img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'",
+            "default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'self'; img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'",
         ),
     );
     h.insert(
