@@ -504,27 +504,23 @@ impl Refunds {
         ctx: &AuditContext,
     ) -> Result<Refund, RefundError> {
         approver.require(Permission::RefundsApprove)?;
-        let (mut tx, before) = self.lock_live(id, Transition::Reject).await?;
+        let (tx, before) = self.lock_live(id, Transition::Reject).await?;
         if before.requested_by == approver.user_id {
             return Err(RefundError::Forbidden(
                 "you requested this refund: withdraw it with cancel instead of rejecting it".into(),
             ));
         }
-        let change = self.transition(&before, Transition::Reject)?;
-        let mut after = before.clone();
-        after.status = change.to();
-        after.rejected_by = Some(approver.user_id.clone());
-        after.decision_reason = Some(reason.to_string());
-        after.updated_at = self.clock.now();
-        let event = Decision {
+        let decider = approver.user_id.clone();
+        self.decide(
+            tx,
+            &before,
+            Transition::Reject,
             reason,
             ticket_id,
             ctx,
-        };
-        self.write(&mut tx, &change, &before, &after, &event)
-            .await?;
-        tx.commit().await?;
-        Ok(after)
+            |r| r.rejected_by = Some(decider),
+        )
+        .await
     }
 
     /// The requester withdraws a pending request.
@@ -537,16 +533,42 @@ impl Refunds {
         ctx: &AuditContext,
     ) -> Result<Refund, RefundError> {
         requester.require(Permission::RefundsRequest)?;
-        let (mut tx, before) = self.lock_live(id, Transition::Cancel).await?;
+        let (tx, before) = self.lock_live(id, Transition::Cancel).await?;
         if before.requested_by != requester.user_id {
             return Err(RefundError::Forbidden(
                 "only the person who requested a refund can cancel it; approvers reject".into(),
             ));
         }
-        let change = self.transition(&before, Transition::Cancel)?;
+        let decider = requester.user_id.clone();
+        self.decide(
+            tx,
+            &before,
+            Transition::Cancel,
+            reason,
+            ticket_id,
+            ctx,
+            |r| r.cancelled_by = Some(decider),
+        )
+        .await
+    }
+
+    /// The shared tail of reject and cancel: transition, record who decided
+    /// and why, write with its audit row, commit.
+    #[allow(clippy::too_many_arguments)]
+    async fn decide(
+        &self,
+        mut tx: Tx,
+        before: &Refund,
+        attempted: Transition,
+        reason: &str,
+        ticket_id: Option<&str>,
+        ctx: &AuditContext,
+        mark_decider: impl FnOnce(&mut Refund),
+    ) -> Result<Refund, RefundError> {
+        let change = self.transition(before, attempted)?;
         let mut after = before.clone();
         after.status = change.to();
-        after.cancelled_by = Some(requester.user_id.clone());
+        mark_decider(&mut after);
         after.decision_reason = Some(reason.to_string());
         after.updated_at = self.clock.now();
         let event = Decision {
@@ -554,8 +576,7 @@ impl Refunds {
             ticket_id,
             ctx,
         };
-        self.write(&mut tx, &change, &before, &after, &event)
-            .await?;
+        self.write(&mut tx, &change, before, &after, &event).await?;
         tx.commit().await?;
         Ok(after)
     }

@@ -117,56 +117,19 @@ pub struct Minted {
     pub refresh_token: Option<String>,
 }
 
-/// Issues a standalone access token (no user, no refresh token) through the
-/// group-commit writer; returns after the token is durably stored.
-pub async fn mint_standalone(state: &AppState, grant: &TokenGrant) -> StoreResult<Minted> {
-    let now = state.clock.now();
-    let access_ttl = i64::try_from(state.config.tokens.access_ttl.as_secs()).unwrap_or(600);
-    let access_token = crypto::random_secret(ACCESS_PREFIX);
-    let record = AccessTokenRecord {
-        id: crypto::random_id(),
-        client_id: grant.client_id.clone(),
-        user_id: None,
-        session_id: None,
-        family_id: None,
-        scope: grant.scope.clone(),
-        audience: None,
-        auth_time: None,
-        amr: None,
-        acr: None,
-        issued_at: now,
-        expires_at: now + access_ttl,
-        revoked_at: None,
-        family_revoked_at: None,
-        session_ended_at: None,
-        session_created_at: None,
-        session_last_seen_at: None,
-    };
-    let access_id = record.id.clone();
-    state
-        .token_writer
-        .insert(record, crypto::sha256_hex(&access_token))
-        .await?;
-    Ok(Minted {
-        access_token,
-        access_id,
-        expires_in: access_ttl,
-        refresh_token: None,
-    })
+fn access_ttl(state: &AppState) -> i64 {
+    i64::try_from(state.config.tokens.access_ttl.as_secs()).unwrap_or(600)
 }
 
-/// Issues an access token (and, with a family, a refresh token) inside `tx`.
-pub async fn mint(
+/// A new access-token record for `grant`, living `tokens.access_ttl`.
+fn new_access_record(
     state: &AppState,
-    tx: &mut Tx,
     grant: &TokenGrant,
     family_id: Option<&str>,
-    with_refresh: bool,
-) -> StoreResult<Minted> {
+) -> AccessTokenRecord {
     let now = state.clock.now();
-    let access_ttl = i64::try_from(state.config.tokens.access_ttl.as_secs()).unwrap_or(600);
-    let access_token = crypto::random_secret(ACCESS_PREFIX);
-    let record = AccessTokenRecord {
+    let access_ttl = access_ttl(state);
+    AccessTokenRecord {
         id: crypto::random_id(),
         client_id: grant.client_id.clone(),
         user_id: grant.user_id.clone(),
@@ -184,7 +147,39 @@ pub async fn mint(
         session_ended_at: None,
         session_created_at: None,
         session_last_seen_at: None,
-    };
+    }
+}
+
+/// Issues a standalone access token (no user, no refresh token) through the
+/// group-commit writer; returns after the token is durably stored.
+pub async fn mint_standalone(state: &AppState, grant: &TokenGrant) -> StoreResult<Minted> {
+    let access_token = crypto::random_secret(ACCESS_PREFIX);
+    let record = new_access_record(state, grant, None);
+    let access_id = record.id.clone();
+    state
+        .token_writer
+        .insert(record, crypto::sha256_hex(&access_token))
+        .await?;
+    Ok(Minted {
+        access_token,
+        access_id,
+        expires_in: access_ttl(state),
+        refresh_token: None,
+    })
+}
+
+/// Issues an access token (and, with a family, a refresh token) inside `tx`.
+pub async fn mint(
+    state: &AppState,
+    tx: &mut Tx,
+    grant: &TokenGrant,
+    family_id: Option<&str>,
+    with_refresh: bool,
+) -> StoreResult<Minted> {
+    let now = state.clock.now();
+    let access_ttl = access_ttl(state);
+    let access_token = crypto::random_secret(ACCESS_PREFIX);
+    let record = new_access_record(state, grant, family_id);
     crate::store::tokens::insert_access(tx, &record, &crypto::sha256_hex(&access_token)).await?;
     let refresh_token = match (with_refresh, family_id, &grant.user_id) {
         (true, Some(family), Some(user_id)) => {
