@@ -36,6 +36,10 @@ pub struct AppState {
     pub token_writer: crate::tokens::batch::TokenWriter,
     /// The WebAuthn relying party (off when the issuer is on an IP address).
     pub webauthn: Arc<crate::mfa::webauthn::RelyingParty>,
+    /// In-memory rate limits (`[rate_limits]`).
+    pub limiter: Arc<crate::security::limits::RateLimiter>,
+    /// Per-client error ratios at /token and /introspect (security events).
+    pub error_spikes: Arc<crate::security::spikes::ErrorSpikes>,
 }
 
 /// What start-up did, for the operator.
@@ -71,7 +75,8 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Startup, Startu
             ..PoolSettings::default()
         },
     )
-    .await?;
+    .await?
+    .with_webhooks(&config.webhooks.endpoints);
     store.migrate().await?;
     let loaded = keys::load_or_create(&config.keys.dir, clock.now())?;
     if !loaded.generated.is_empty() {
@@ -104,6 +109,9 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Startup, Startu
         .build()
         .unwrap_or_default();
     let state = AppState {
+        limiter: Arc::new(crate::security::limits::RateLimiter::new(
+            &config.rate_limits,
+        )),
         webauthn: Arc::new(webauthn),
         outbox_wake: Arc::new(tokio::sync::Notify::new()),
         token_writer: crate::tokens::batch::TokenWriter::spawn(store.clone()),
@@ -114,6 +122,7 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Startup, Startu
         store,
         clock,
         metrics: Arc::new(Metrics::default()),
+        error_spikes: Arc::default(),
     };
     Ok(Startup {
         state,
@@ -135,7 +144,15 @@ pub fn public_router(state: AppState) -> Router {
         .merge(crate::mfa::account::router())
         .merge(crate::mfa::webauthn_http::router())
         .route("/static/portcullis.css", axum::routing::get(stylesheet))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            crate::security::limits::public_layer,
+        ))
         .layer(middleware::from_fn(crate::web::security_headers))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            crate::security::spikes::observe,
+        ))
         .layer(middleware::from_fn_with_state(
             (state.clone(), Listener::Public),
             request_context,
@@ -158,6 +175,12 @@ pub fn admin_router(state: AppState) -> Router {
     Router::new()
         .merge(crate::ops::router())
         .merge(crate::admin_api::router())
+        .merge(crate::admin_web::router())
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            crate::security::limits::admin_layer,
+        ))
+        .layer(middleware::from_fn(crate::web::security_headers))
         .layer(middleware::from_fn_with_state(
             (state.clone(), Listener::Admin),
             request_context,
@@ -239,6 +262,10 @@ pub async fn serve(
     let outbox = tokio::spawn(crate::outbox::run(state.clone()));
     let sweeper = tokio::spawn(sweep_sessions_periodically(state.clone()));
     let refund_expiry = tokio::spawn(crate::refunds::expire_periodically(state.clone()));
+    let lockout_purge = tokio::spawn(crate::security::lockout::purge_periodically(state.clone()));
+    let audit_verify = tokio::spawn(crate::security::events::verify_audit_chain_periodically(
+        state.clone(),
+    ));
     let listener = (state.store.backend() == crate::store::Backend::Postgres).then(|| {
         tokio::spawn(crate::tokens::cache::listen_for_revocations(
             state.config.database.url.clone(),
@@ -263,6 +290,8 @@ pub async fn serve(
     outbox.abort();
     sweeper.abort();
     refund_expiry.abort();
+    lockout_purge.abort();
+    audit_verify.abort();
     if let Some(l) = listener {
         l.abort();
     }

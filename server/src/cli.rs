@@ -224,7 +224,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Client(ClientCommand::Create(args)) => client_create(config, clock, args).await,
         Command::Role(cmd) => role(config, clock, cmd).await,
         Command::Keys(cmd) => keys_cmd(config, clock, cmd).await,
-        Command::Audit(cmd) => audit_cmd(config, cmd).await,
+        Command::Audit(cmd) => audit_cmd(config, clock, cmd).await,
     }
 }
 
@@ -238,7 +238,8 @@ async fn connect(config: &Config) -> anyhow::Result<Store> {
                 "cannot open the database {}",
                 redact_url(&config.database.url)
             )
-        })?;
+        })?
+        .with_webhooks(&config.webhooks.endpoints);
     store.migrate().await?;
     Ok(store)
 }
@@ -258,7 +259,14 @@ async fn serve(config: Config, clock: SharedClock) -> anyhow::Result<ExitCode> {
     let bound = crate::app::bind(&config)
         .await
         .context("cannot listen on http.public_addr / http.admin_addr")?;
+    let mut config = config;
+    if config.http.admin_url.is_none() {
+        config.http.admin_url = Some(format!("http://{}", bound.admin_addr));
+    }
     let startup = crate::app::start(config, clock).await?;
+    crate::admin_web::register_client(&startup.state)
+        .await
+        .context("cannot register the admin UI's OAuth client")?;
     for key in &startup.generated_keys {
         tracing::info!(kid = %key.kid, alg = key.alg.as_str(), "generated signing key");
     }
@@ -511,11 +519,29 @@ async fn keys_cmd(
     Ok(ExitCode::SUCCESS)
 }
 
-async fn audit_cmd(config: Config, cmd: AuditCommand) -> anyhow::Result<ExitCode> {
+async fn audit_cmd(
+    config: Config,
+    clock: SharedClock,
+    cmd: AuditCommand,
+) -> anyhow::Result<ExitCode> {
     let store = connect(&config).await?;
     match cmd {
         AuditCommand::Verify { json } => {
-            let report = audit::verify(&store).await?;
+            // A break is also recorded (once per distinct break) as the
+            // security event `audit.chain_failure`.
+            let report = match crate::security::events::verify_audit_chain(
+                &store,
+                clock.now_ms(),
+                &AuditContext::cli(),
+            )
+            .await
+            {
+                Ok((report, _)) => report,
+                Err(e) => {
+                    eprintln!("warning: cannot record the audit chain failure: {e}");
+                    audit::verify(&store).await?
+                }
+            };
             if json {
                 println!("{}", serde_json::to_string(&report)?);
             }

@@ -20,6 +20,9 @@ pub struct Config {
     pub mfa: MfaConfig,
     pub webauthn: WebauthnConfig,
     pub log: LogConfig,
+    pub webhooks: WebhooksConfig,
+    pub alerts: AlertsConfig,
+    pub rate_limits: RateLimitsConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -70,6 +73,9 @@ pub struct DatabaseConfig {
 pub struct HttpConfig {
     pub public_addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    /// The admin listener's external URL (the admin UI's OIDC redirect URI
+    /// is built from it); `None`: `http://` + the bound admin address.
+    pub admin_url: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -141,6 +147,7 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("database.max_connections", "16"),
     ("http.public_addr", "127.0.0.1:8080"),
     ("http.admin_addr", "127.0.0.1:8081"),
+    ("http.admin_url", ""),
     ("keys.dir", "keys"),
     ("tokens.access_ttl", "10m"),
     ("tokens.refresh_ttl", "30d"),
@@ -159,10 +166,53 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("mfa.step_up_max_age", "5m"),
     ("webauthn.user_verification", "required"),
     ("log.level", "info"),
+    ("webhooks.urls", ""),
+    ("webhooks.secret", ""),
+    ("webhooks.secret_file", ""),
+    ("webhooks.events", ""),
+    ("webhooks.endpoints", ""),
+    ("webhooks.retry_base", "5s"),
+    ("webhooks.max_attempts", "12"),
+    ("webhooks.max_age", "24h"),
+    ("alerts.audit_verify_interval", "1h"),
+    ("alerts.error_spike_window", "1m"),
+    ("alerts.error_spike_min_requests", "20"),
+    ("alerts.error_spike_percent", "50"),
+    ("rate_limits.trusted_proxies", ""),
+    ("rate_limits.max_keys", "100000"),
+    ("rate_limits.login_per_ip", "120/1m"),
+    ("rate_limits.login_per_user", "10/1m"),
+    ("rate_limits.login_failures_per_ip", "100/1h"),
+    ("rate_limits.token_per_ip", "1200/1m"),
+    ("rate_limits.token_per_client", "1200/1m"),
+    ("rate_limits.introspect_failures_per_ip", "20/1m"),
+    ("rate_limits.introspect_per_client", "0"),
+    ("rate_limits.account_per_ip", "300/1m"),
+    ("rate_limits.admin_per_ip", "1200/1m"),
+    ("rate_limits.admin_per_user", "600/1m"),
+    ("rate_limits.login_lockout_after", "5"),
+    ("rate_limits.login_lockout_base", "1m"),
+    ("rate_limits.login_lockout_max", "1h"),
+    ("rate_limits.code_lockout_after", "5"),
+    ("rate_limits.code_lockout_base", "30s"),
+    ("rate_limits.code_lockout_max", "1h"),
+    ("rate_limits.lockout_reset", "24h"),
 ];
 
 const SECTIONS: &[&str] = &[
-    "database", "http", "keys", "tokens", "sessions", "refunds", "outbox", "mfa", "webauthn", "log",
+    "database",
+    "http",
+    "keys",
+    "tokens",
+    "sessions",
+    "refunds",
+    "outbox",
+    "mfa",
+    "webauthn",
+    "log",
+    "webhooks",
+    "alerts",
+    "rate_limits",
 ];
 
 impl Config {
@@ -255,6 +305,10 @@ impl Config {
             http: HttpConfig {
                 public_addr: parse_addr("http.public_addr", get("http.public_addr"))?,
                 admin_addr: parse_addr("http.admin_addr", get("http.admin_addr"))?,
+                admin_url: match get("http.admin_url").trim() {
+                    "" => None,
+                    url => Some(parse_base_url("http.admin_url", url)?),
+                },
             },
             keys: KeysConfig {
                 dir: PathBuf::from(get("keys.dir")),
@@ -314,6 +368,9 @@ impl Config {
             log: LogConfig {
                 level: get("log.level").to_string(),
             },
+            webhooks: parse_webhooks(v)?,
+            alerts: parse_alerts(v)?,
+            rate_limits: parse_rate_limits(v)?,
         })
     }
 
@@ -361,6 +418,10 @@ fn flatten_file(
             toml::Value::Table(section) if SECTIONS.contains(&name.as_str()) => {
                 for (key, value) in section {
                     let full = format!("{name}.{key}");
+                    if let Some(text) = webhooks_file_value(&full, value)? {
+                        out.insert(full, text);
+                        continue;
+                    }
                     if full == "refunds.four_eyes_threshold" {
                         let text = threshold_table_to_string(&full, value)?;
                         out.insert(full, text);
@@ -452,15 +513,19 @@ fn parse_audience(key: &str, value: &str) -> Result<String, ConfigError> {
 }
 
 fn parse_issuer(value: &str) -> Result<String, ConfigError> {
+    parse_base_url("issuer", value)
+}
+
+fn parse_base_url(key: &str, value: &str) -> Result<String, ConfigError> {
     let expected =
         "an absolute http(s) URL without query or fragment, e.g. https://auth.example.com";
-    let url = url::Url::parse(value).map_err(|_| invalid("issuer", value, expected))?;
+    let url = url::Url::parse(value).map_err(|_| invalid(key, value, expected))?;
     if !(url.scheme() == "https" || url.scheme() == "http")
         || url.query().is_some()
         || url.fragment().is_some()
         || url.host().is_none()
     {
-        return Err(invalid("issuer", value, expected));
+        return Err(invalid(key, value, expected));
     }
     Ok(value.trim_end_matches('/').to_string())
 }
@@ -517,5 +582,424 @@ fn invalid(key: &str, value: &str, expected: &str) -> ConfigError {
         key: key.to_string(),
         value: value.to_string(),
         expected: expected.to_string(),
+    }
+}
+
+/// `[webhooks]`: where security events are POSTed (README "Security events").
+#[derive(Debug, Clone)]
+pub struct WebhooksConfig {
+    pub endpoints: Vec<WebhookEndpoint>,
+    /// First retry delay; doubles with every failed attempt (capped at 1 h).
+    pub retry_base: Duration,
+    /// Attempts before an event is given up on (audited, counted).
+    pub max_attempts: i64,
+    /// An event still undelivered this long after it happened is given up on.
+    pub max_age: Duration,
+}
+
+/// One receiver of security events.
+#[derive(Clone)]
+pub struct WebhookEndpoint {
+    /// Absolute http(s) URL.
+    pub url: String,
+    /// HMAC-SHA256 key for the `Portcullis-Signature` header.
+    pub secret: String,
+    /// Event types to send (stable names); `None`: all of them.
+    pub events: Option<Vec<String>>,
+}
+
+impl std::fmt::Debug for WebhookEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookEndpoint")
+            .field("url", &self.url)
+            .field("secret", &crate::telemetry::redact::REDACTED)
+            .field("events", &self.events)
+            .finish()
+    }
+}
+
+impl WebhookEndpoint {
+    pub fn wants(&self, event_type: &str) -> bool {
+        self.events
+            .as_ref()
+            .is_none_or(|list| list.iter().any(|e| e == event_type))
+    }
+}
+
+/// `[alerts]`: security events the server detects by itself.
+#[derive(Debug, Clone)]
+pub struct AlertsConfig {
+    /// How often the background job verifies the audit chain; `None`: off.
+    pub audit_verify_interval: Option<Duration>,
+    /// Sliding window for the per-client error ratio at /token and /introspect.
+    pub error_spike_window: Duration,
+    /// Requests a client must make within the window before its ratio counts.
+    pub error_spike_min_requests: u32,
+    /// Share of 4xx answers (percent) that makes a spike.
+    pub error_spike_percent: u32,
+}
+
+/// TOML forms of the `[webhooks]` keys, flattened to the text the
+/// environment variables take: arrays of strings become comma-separated
+/// lists and `[[webhooks.endpoints]]` becomes a JSON array.
+fn webhooks_file_value(full: &str, value: &toml::Value) -> Result<Option<String>, ConfigError> {
+    match (full, value) {
+        ("webhooks.urls" | "webhooks.events", toml::Value::Array(items)) => {
+            let mut parts = Vec::new();
+            for item in items {
+                let toml::Value::String(s) = item else {
+                    return Err(invalid(full, &item.to_string(), "an array of strings"));
+                };
+                parts.push(s.clone());
+            }
+            Ok(Some(parts.join(",")))
+        }
+        ("webhooks.endpoints", toml::Value::Array(_)) => serde_json::to_string(value)
+            .map(Some)
+            .map_err(|_| invalid(full, "[…]", WEBHOOK_ENDPOINTS_EXPECTED)),
+        ("webhooks.endpoints", _) => Err(invalid(full, "…", WEBHOOK_ENDPOINTS_EXPECTED)),
+        _ => Ok(None),
+    }
+}
+
+const WEBHOOK_ENDPOINTS_EXPECTED: &str = "an array of tables [[webhooks.endpoints]] with `url`, \
+     `secret` or `secret_file`, and optionally `events` (environment: the same as a JSON array)";
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EndpointSpec {
+    url: String,
+    secret: Option<String>,
+    secret_file: Option<String>,
+    #[serde(default)]
+    events: Vec<String>,
+}
+
+fn parse_webhooks(v: &BTreeMap<String, String>) -> Result<WebhooksConfig, ConfigError> {
+    let get = |key: &str| v.get(key).map(String::as_str).unwrap_or("").trim();
+    let mut endpoints = Vec::new();
+    let urls: Vec<&str> = get("webhooks.urls")
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .collect();
+    let shared_secret = webhook_secret(
+        "webhooks",
+        Some(get("webhooks.secret")).filter(|s| !s.is_empty()),
+        Some(get("webhooks.secret_file")).filter(|s| !s.is_empty()),
+    );
+    if urls.is_empty() {
+        if !get("webhooks.secret").is_empty() || !get("webhooks.secret_file").is_empty() {
+            return Err(invalid(
+                "webhooks.urls",
+                "",
+                "at least one URL when webhooks.secret or webhooks.secret_file is set",
+            ));
+        }
+    } else {
+        let secret = shared_secret?;
+        let events = parse_event_list("webhooks.events", get("webhooks.events").split(','))?;
+        for url in urls {
+            endpoints.push(WebhookEndpoint {
+                url: parse_webhook_url("webhooks.urls", url)?,
+                secret: secret.clone(),
+                events: events.clone(),
+            });
+        }
+    }
+    let listed = get("webhooks.endpoints");
+    if !listed.is_empty() {
+        let key = "webhooks.endpoints";
+        let specs: Vec<EndpointSpec> = serde_json::from_str(listed).map_err(|e| {
+            // The message names the problem without echoing the text, which may hold secrets.
+            invalid(
+                key,
+                &format!("(not readable: {})", json_error_kind(&e)),
+                WEBHOOK_ENDPOINTS_EXPECTED,
+            )
+        })?;
+        for (i, spec) in specs.into_iter().enumerate() {
+            let at = format!("{key}[{i}]");
+            endpoints.push(WebhookEndpoint {
+                url: parse_webhook_url(&format!("{at}.url"), &spec.url)?,
+                secret: webhook_secret(&at, spec.secret.as_deref(), spec.secret_file.as_deref())?,
+                events: parse_event_list(
+                    &format!("{at}.events"),
+                    spec.events.iter().map(String::as_str),
+                )?,
+            });
+        }
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for e in &endpoints {
+        if !seen.insert(e.url.as_str()) {
+            return Err(invalid(
+                "webhooks",
+                &e.url,
+                "each webhook URL listed once (its secret is looked up by URL)",
+            ));
+        }
+    }
+    Ok(WebhooksConfig {
+        endpoints,
+        retry_base: parse_key_duration("webhooks.retry_base", get("webhooks.retry_base"))?,
+        max_attempts: parse_num(
+            "webhooks.max_attempts",
+            get("webhooks.max_attempts"),
+            1,
+            100,
+        )?,
+        max_age: parse_key_duration("webhooks.max_age", get("webhooks.max_age"))?,
+    })
+}
+
+/// What is wrong with a JSON text, without quoting it.
+fn json_error_kind(e: &serde_json::Error) -> &'static str {
+    match e.classify() {
+        serde_json::error::Category::Io => "I/O error",
+        serde_json::error::Category::Syntax => "JSON syntax error",
+        serde_json::error::Category::Data => "missing, unknown or mistyped field",
+        serde_json::error::Category::Eof => "unexpected end",
+    }
+}
+
+fn parse_webhook_url(key: &str, value: &str) -> Result<String, ConfigError> {
+    let expected = "an absolute http:// or https:// URL";
+    let url = url::Url::parse(value.trim()).map_err(|_| invalid(key, value, expected))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+        return Err(invalid(key, value, expected));
+    }
+    Ok(url.to_string())
+}
+
+/// The secret of `at` from `secret` or `secret_file` (exactly one, non-empty).
+/// Error messages never contain the secret.
+fn webhook_secret(
+    at: &str,
+    secret: Option<&str>,
+    secret_file: Option<&str>,
+) -> Result<String, ConfigError> {
+    let text = match (secret, secret_file) {
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                &format!("{at}.secret"),
+                "[redacted]",
+                "either a secret or a secret_file, not both",
+            ));
+        }
+        (Some(s), None) => s.to_string(),
+        (None, Some(path)) => std::fs::read_to_string(path).map_err(|e| {
+            invalid(
+                &format!("{at}.secret_file"),
+                path,
+                &format!("a readable file holding the webhook secret ({e})"),
+            )
+        })?,
+        (None, None) => String::new(),
+    };
+    let text = text.trim_end_matches(['\r', '\n']).to_string();
+    if text.trim().is_empty() {
+        return Err(invalid(
+            &format!("{at}.secret"),
+            "",
+            "a non-empty shared secret (or secret_file) to sign webhook requests with",
+        ));
+    }
+    Ok(text)
+}
+
+fn parse_event_list<'a>(
+    key: &str,
+    items: impl Iterator<Item = &'a str>,
+) -> Result<Option<Vec<String>>, ConfigError> {
+    let mut out = Vec::new();
+    for item in items.map(str::trim).filter(|i| !i.is_empty()) {
+        if crate::security::events::is_event_type(item) {
+            out.push(item.to_string());
+        } else {
+            let names: Vec<&str> = crate::security::events::EVENT_TYPES
+                .iter()
+                .map(|t| t.name)
+                .collect();
+            return Err(invalid(
+                key,
+                item,
+                &format!("security event names: {}", names.join(", ")),
+            ));
+        }
+    }
+    Ok((!out.is_empty()).then_some(out))
+}
+
+fn parse_alerts(v: &BTreeMap<String, String>) -> Result<AlertsConfig, ConfigError> {
+    let get = |key: &str| v.get(key).map(String::as_str).unwrap_or("").trim();
+    let interval = get("alerts.audit_verify_interval");
+    Ok(AlertsConfig {
+        audit_verify_interval: match interval {
+            "off" => None,
+            _ => Some(
+                parse_duration(interval)
+                    .filter(|d| !d.is_zero())
+                    .ok_or_else(|| {
+                        invalid(
+                            "alerts.audit_verify_interval",
+                            interval,
+                            "a duration such as 10m or 1h, or `off`",
+                        )
+                    })?,
+            ),
+        },
+        error_spike_window: parse_key_duration(
+            "alerts.error_spike_window",
+            get("alerts.error_spike_window"),
+        )?,
+        error_spike_min_requests: parse_num(
+            "alerts.error_spike_min_requests",
+            get("alerts.error_spike_min_requests"),
+            1,
+            1_000_000,
+        )?,
+        error_spike_percent: parse_num(
+            "alerts.error_spike_percent",
+            get("alerts.error_spike_percent"),
+            1,
+            100,
+        )?,
+    })
+}
+
+/// A rate limit: at most `count` requests at once, refilling at `count`
+/// per `period` (`rate_limits.*` values such as `30/1m`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    pub count: u32,
+    pub period: Duration,
+}
+
+/// `[rate_limits]`: request rate limits per endpoint class and key
+/// (`security::limits`) and the exponential lockout of logins and codes
+/// (`security::lockout`). A rate of `None` is off (`0` in the file).
+#[derive(Debug, Clone)]
+pub struct RateLimitsConfig {
+    /// Peers whose `X-Forwarded-For` is believed (IPs or CIDR networks).
+    pub trusted_proxies: Vec<crate::security::limits::IpNet>,
+    /// Upper bound on the keys the in-memory limiter holds.
+    pub max_keys: usize,
+    pub login_per_ip: Option<Rate>,
+    pub login_per_user: Option<Rate>,
+    pub login_failures_per_ip: Option<Rate>,
+    pub token_per_ip: Option<Rate>,
+    pub token_per_client: Option<Rate>,
+    pub introspect_failures_per_ip: Option<Rate>,
+    pub introspect_per_client: Option<Rate>,
+    pub account_per_ip: Option<Rate>,
+    pub admin_per_ip: Option<Rate>,
+    pub admin_per_user: Option<Rate>,
+    /// Passwords: failures before the first lock, its length, the cap.
+    pub login_lockout: LockoutConfig,
+    /// Second-factor codes (TOTP, recovery codes, security keys).
+    pub code_lockout: LockoutConfig,
+}
+
+/// One exponential lockout policy: after `after` failures the subject is
+/// locked for `base`, doubling with every further failure up to `max`. A
+/// subject without failures for `reset` starts again from zero.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LockoutConfig {
+    pub after: i64,
+    pub base: Duration,
+    pub max: Duration,
+    pub reset: Duration,
+}
+
+fn parse_rate_limits(v: &BTreeMap<String, String>) -> Result<RateLimitsConfig, ConfigError> {
+    let get = |key: &str| v.get(key).map(String::as_str).unwrap_or("").trim();
+    let rate = |key: &str| parse_rate(key, get(key));
+    let mut trusted_proxies = Vec::new();
+    for part in get("rate_limits.trusted_proxies")
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+    {
+        trusted_proxies.push(crate::security::limits::IpNet::parse(part).ok_or_else(|| {
+            invalid(
+                "rate_limits.trusted_proxies",
+                part,
+                "IP addresses or CIDR networks separated by commas, e.g. 10.0.0.0/8,::1",
+            )
+        })?);
+    }
+    let reset = parse_key_duration(
+        "rate_limits.lockout_reset",
+        get("rate_limits.lockout_reset"),
+    )?;
+    let lockout = |prefix: &str| -> Result<LockoutConfig, ConfigError> {
+        let key = |k: &str| format!("rate_limits.{prefix}_lockout_{k}");
+        let after = parse_num(&key("after"), get(&key("after")), 1, 1000)?;
+        let base = parse_key_duration(&key("base"), get(&key("base")))?;
+        let max = parse_key_duration(&key("max"), get(&key("max")))?;
+        if max < base {
+            return Err(invalid(
+                &key("max"),
+                get(&key("max")),
+                &format!("a duration no shorter than {}", key("base")),
+            ));
+        }
+        Ok(LockoutConfig {
+            after,
+            base,
+            max,
+            reset,
+        })
+    };
+    Ok(RateLimitsConfig {
+        trusted_proxies,
+        max_keys: parse_num(
+            "rate_limits.max_keys",
+            get("rate_limits.max_keys"),
+            100,
+            100_000_000,
+        )?,
+        login_per_ip: rate("rate_limits.login_per_ip")?,
+        login_per_user: rate("rate_limits.login_per_user")?,
+        login_failures_per_ip: rate("rate_limits.login_failures_per_ip")?,
+        token_per_ip: rate("rate_limits.token_per_ip")?,
+        token_per_client: rate("rate_limits.token_per_client")?,
+        introspect_failures_per_ip: rate("rate_limits.introspect_failures_per_ip")?,
+        introspect_per_client: rate("rate_limits.introspect_per_client")?,
+        account_per_ip: rate("rate_limits.account_per_ip")?,
+        admin_per_ip: rate("rate_limits.admin_per_ip")?,
+        admin_per_user: rate("rate_limits.admin_per_user")?,
+        login_lockout: lockout("login")?,
+        code_lockout: lockout("code")?,
+    })
+}
+
+/// `N/period` (`30/1m`, `5/s`) or `0` for off.
+fn parse_rate(key: &str, value: &str) -> Result<Option<Rate>, ConfigError> {
+    let expected = "a rate such as 30/1m (at most 30 at once, refilling 30 per minute; \
+                    count 1 to 1000000, period 1s to 30d) or 0 to turn the limit off";
+    let value = value.trim();
+    if value == "0" {
+        return Ok(None);
+    }
+    let Some((count, period)) = value.split_once('/') else {
+        return Err(invalid(key, value, expected));
+    };
+    let period = period.trim();
+    let period = if period.starts_with(|c: char| c.is_ascii_digit()) {
+        parse_duration(period)
+    } else {
+        parse_duration(&format!("1{period}"))
+    };
+    match (count.trim().parse::<u32>(), period) {
+        (Ok(count), Some(period))
+            if (1..=1_000_000).contains(&count)
+                && !period.is_zero()
+                && period <= Duration::from_secs(30 * 86_400) =>
+        {
+            Ok(Some(Rate { count, period }))
+        }
+        _ => Err(invalid(key, value, expected)),
     }
 }

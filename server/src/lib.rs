@@ -2,6 +2,7 @@
 //! high-risk domains. See `shared/DESIGN.md` and the README.
 
 pub mod admin_api;
+pub mod admin_web;
 pub mod app;
 pub mod audit;
 pub mod cli;
@@ -17,6 +18,7 @@ pub mod ops;
 pub mod outbox;
 pub mod permissions;
 pub mod refunds;
+pub mod security;
 pub mod sessions;
 pub mod store;
 pub mod telemetry;

@@ -8,10 +8,13 @@
 #[macro_use]
 mod support;
 
+mod admin_api;
+mod admin_ui;
 mod foundation;
 mod gateway;
 mod mfa;
 mod oauth;
 mod refunds;
+mod security;
 mod sessions;
 mod webauthn;

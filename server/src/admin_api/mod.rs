@@ -3,8 +3,11 @@
 //! through the code flow; permissions are the user's roles at the time of
 //! the call. Every mutating action needs a `reason` and is audited.
 
+pub mod audit;
+pub mod clients;
 pub mod refunds;
 pub mod sessions;
+pub mod users;
 
 use std::collections::BTreeSet;
 
@@ -24,6 +27,9 @@ pub fn router() -> Router<AppState> {
         .route("/admin/api/me", axum::routing::get(me))
         .merge(sessions::router())
         .merge(refunds::router())
+        .merge(users::router())
+        .merge(clients::router())
+        .merge(audit::router())
 }
 
 /// An authenticated staff member.
@@ -108,6 +114,25 @@ impl FromRequestParts<AppState> for Staff {
         let record = crate::tokens::active_access_token(state, token.trim())
             .await?
             .ok_or(AppError::Unauthorized)?;
+        let ip = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0.ip().to_string());
+        let request_id = parts.extensions.get::<RequestId>().map(|r| r.0.clone());
+        Staff::from_access_token(state, &record, request_id, ip).await
+    }
+}
+
+impl Staff {
+    /// The staff member an active access token speaks for: the bearer path
+    /// of the admin API and the admin UI's server-side session both end
+    /// here, so both apply the same rules.
+    pub async fn from_access_token(
+        state: &AppState,
+        record: &crate::tokens::AccessTokenRecord,
+        request_id: Option<String>,
+        ip: Option<String>,
+    ) -> Result<Staff, AppError> {
         let user_id = record.user_id.clone().ok_or(AppError::Unauthorized)?;
         // Only tokens from our own first-party clients carry staff authority.
         let client = crate::oauth::clients::find(&state.store, &record.client_id)
@@ -132,10 +157,6 @@ impl FromRequestParts<AppState> for Staff {
             },
             None => (record.auth_time, record.amr_list()),
         };
-        let ip = parts
-            .extensions
-            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-            .map(|c| c.0.ip().to_string());
         // Staff must sign in with a second factor (RFC 9470 challenge).
         let staff = !permissions.is_empty();
         if staff && !amr.iter().any(|m| SECOND_FACTOR_AMR.contains(&m.as_str())) {
@@ -153,7 +174,7 @@ impl FromRequestParts<AppState> for Staff {
             user_id: user.id,
             username: user.username,
             permissions,
-            request_id: parts.extensions.get::<RequestId>().map(|r| r.0.clone()),
+            request_id,
             step_up_max_age: crate::mfa::step_up_max_age(state),
             ip,
         })
@@ -193,6 +214,74 @@ impl Justification {
         }
         Ok((reason.to_string(), ticket.map(str::to_string)))
     }
+}
+
+/// One page of a staff listing: at most [`PAGE_SIZE`] items and the next
+/// page's number when there is one.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Paged<T> {
+    pub items: Vec<T>,
+    pub page: i64,
+    pub next_page: Option<i64>,
+}
+
+impl<T> Paged<T> {
+    /// Builds a page from `rows` fetched with `LIMIT PAGE_SIZE + 1`: the
+    /// extra row only tells that another page exists.
+    pub fn from_rows(mut rows: Vec<T>, page: i64) -> Paged<T> {
+        let more = rows.len() as i64 > PAGE_SIZE;
+        rows.truncate(PAGE_SIZE as usize);
+        Paged {
+            items: rows,
+            page,
+            next_page: more.then_some(page + 1),
+        }
+    }
+
+    pub fn map<U>(self, f: impl FnMut(T) -> U) -> Paged<U> {
+        Paged {
+            items: self.items.into_iter().map(f).collect(),
+            page: self.page,
+            next_page: self.next_page,
+        }
+    }
+}
+
+/// Items per page of every admin listing.
+pub const PAGE_SIZE: i64 = 50;
+
+/// `(LIMIT, OFFSET)` for `page`, with one extra row (see [`Paged::from_rows`]).
+pub fn page_window(page: i64) -> (i64, i64) {
+    (PAGE_SIZE + 1, (page.max(1) - 1) * PAGE_SIZE)
+}
+
+/// `page` query value: absent/empty = 1; otherwise 1..=100000 or AppError::BadRequest.
+pub fn parse_page(raw: Option<&str>) -> Result<i64, AppError> {
+    match raw.map(str::trim).filter(|s| !s.is_empty()) {
+        None => Ok(1),
+        Some(p) => p
+            .parse::<i64>()
+            .ok()
+            .filter(|p| (1..=100_000).contains(p))
+            .ok_or_else(|| {
+                AppError::BadRequest("page must be a whole number from 1 to 100000".into())
+            }),
+    }
+}
+
+/// A JSON answer with `Cache-Control: no-store` (admin answers name people,
+/// clients and secrets).
+pub fn no_store_json<T: serde::Serialize>(
+    status: axum::http::StatusCode,
+    body: &T,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let mut resp = (status, axum::Json(body)).into_response();
+    resp.headers_mut().insert(
+        axum::http::header::CACHE_CONTROL,
+        axum::http::HeaderValue::from_static("no-store"),
+    );
+    resp
 }
 
 async fn me(staff: Staff) -> axum::Json<serde_json::Value> {

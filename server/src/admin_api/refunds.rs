@@ -30,7 +30,6 @@ use crate::error::AppError;
 use crate::permissions::Permission;
 use crate::refunds::{NewRefund, RefundError, Refunds, StaffMember, Status, validate};
 
-const PAGE_SIZE: i64 = 50;
 /// Scope the payments service's access token must carry.
 pub const EXECUTE_SCOPE: &str = "refunds:execute";
 
@@ -82,22 +81,126 @@ fn json_value(v: &Value) -> Response {
     json_text(StatusCode::OK, v.to_string())
 }
 
+/// Staff operation: requests a refund under an idempotency key (the raw
+/// key bytes; a missing key is refused before the body is looked at).
+pub async fn request(
+    state: &AppState,
+    staff: &Staff,
+    idempotency_key: Option<&[u8]>,
+    body: &[u8],
+) -> Result<crate::refunds::idempotency::IdempotentResponse, AppError> {
+    staff.require(Permission::RefundsRequest)?;
+    crate::refunds::idempotency::key(idempotency_key)?;
+    let new = NewRefund::from_json(body)?;
+    Ok(Refunds::from_state(state)
+        .create(&member(staff), idempotency_key, new, &staff.audit_ctx())
+        .await?)
+}
+
+/// Staff operation: refunds newest first, optionally in one status.
+pub async fn list_refunds(
+    state: &AppState,
+    staff: &Staff,
+    status: Option<&str>,
+    page: i64,
+) -> Result<super::Paged<crate::refunds::Refund>, AppError> {
+    may_read(staff)?;
+    let status = match status.map(str::trim).filter(|s| !s.is_empty()) {
+        None => None,
+        Some(s) => Some(Status::parse(s).ok_or_else(|| {
+            let names: Vec<&str> = Status::ALL.iter().map(|s| s.as_str()).collect();
+            AppError::BadRequest(format!("status must be one of {}", names.join(", ")))
+        })?),
+    };
+    let (limit, offset) = super::page_window(page);
+    let rows = Refunds::from_state(state)
+        .list(status, limit, offset)
+        .await?;
+    Ok(super::Paged::from_rows(rows, page))
+}
+
+/// Staff operation: one refund.
+pub async fn show_refund(
+    state: &AppState,
+    staff: &Staff,
+    id: &str,
+) -> Result<crate::refunds::Refund, AppError> {
+    may_read(staff)?;
+    Ok(Refunds::from_state(state).get(id).await?)
+}
+
+/// Staff operation: approves (the four-eyes rule, including the step-up
+/// challenge, is decided by the domain with the refund row locked);
+/// returns the refund and its approval token.
+pub async fn approve_refund(
+    state: &AppState,
+    staff: &Staff,
+    id: &str,
+    j: &Justification,
+) -> Result<(crate::refunds::Refund, String), AppError> {
+    staff.require(Permission::RefundsApprove)?;
+    let (reason, ticket) = j.validate()?;
+    Ok(Refunds::from_state(state)
+        .approve(
+            &member(staff),
+            id,
+            &reason,
+            ticket.as_deref(),
+            &staff.audit_ctx(),
+        )
+        .await?)
+}
+
+/// Staff operation: an approver turns a request down.
+pub async fn reject_refund(
+    state: &AppState,
+    staff: &Staff,
+    id: &str,
+    j: &Justification,
+) -> Result<crate::refunds::Refund, AppError> {
+    staff.require(Permission::RefundsApprove)?;
+    let (reason, ticket) = j.validate()?;
+    Ok(Refunds::from_state(state)
+        .reject(
+            &member(staff),
+            id,
+            &reason,
+            ticket.as_deref(),
+            &staff.audit_ctx(),
+        )
+        .await?)
+}
+
+/// Staff operation: the requester withdraws a request.
+pub async fn cancel_refund(
+    state: &AppState,
+    staff: &Staff,
+    id: &str,
+    j: &Justification,
+) -> Result<crate::refunds::Refund, AppError> {
+    staff.require(Permission::RefundsRequest)?;
+    let (reason, ticket) = j.validate()?;
+    Ok(Refunds::from_state(state)
+        .cancel(
+            &member(staff),
+            id,
+            &reason,
+            ticket.as_deref(),
+            &staff.audit_ctx(),
+        )
+        .await?)
+}
+
 async fn create(
     State(state): State<AppState>,
     staff: Staff,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, AppError> {
-    staff.require(Permission::RefundsRequest)?;
     let key = headers
         .get(crate::refunds::idempotency::HEADER)
         .map(HeaderValue::as_bytes);
-    // A missing key is refused before the body is looked at.
-    crate::refunds::idempotency::key(key)?;
-    let new = NewRefund::from_json(&body)?;
-    let answer = Refunds::from_state(&state)
-        .create(&member(&staff), key, new, &staff.audit_ctx())
-        .await?;
+    let answer = request(&state, &staff, key, &body).await?;
     let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::CREATED);
     let mut resp = json_text(status, answer.body);
     if answer.replayed {
@@ -120,33 +223,11 @@ async fn list(
     staff: Staff,
     Query(q): Query<ListQuery>,
 ) -> Result<Response, AppError> {
-    may_read(&staff)?;
-    let status = match q.status.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
-        None => None,
-        Some(s) => Some(Status::parse(s).ok_or_else(|| {
-            let names: Vec<&str> = Status::ALL.iter().map(|s| s.as_str()).collect();
-            AppError::BadRequest(format!("status must be one of {}", names.join(", ")))
-        })?),
-    };
-    let page = match q.page.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
-        None => 1,
-        Some(p) => p
-            .parse::<i64>()
-            .ok()
-            .filter(|p| (1..=100_000).contains(p))
-            .ok_or_else(|| AppError::BadRequest("page must be a positive whole number".into()))?,
-    };
-    let rows = Refunds::from_state(&state)
-        .list(status, PAGE_SIZE + 1, (page - 1) * PAGE_SIZE)
-        .await?;
-    let more = rows.len() as i64 > PAGE_SIZE;
-    let items: Vec<Value> = rows
-        .iter()
-        .take(PAGE_SIZE as usize)
-        .map(|r| r.view())
-        .collect();
+    let page = super::parse_page(q.page.as_deref())?;
+    let rows = list_refunds(&state, &staff, q.status.as_deref(), page).await?;
+    let items: Vec<Value> = rows.items.iter().map(|r| r.view()).collect();
     Ok(json_value(
-        &json!({ "items": items, "next_page": more.then_some(page + 1) }),
+        &json!({ "items": items, "next_page": rows.next_page }),
     ))
 }
 
@@ -155,23 +236,18 @@ async fn show(
     staff: Staff,
     Path(id): Path<String>,
 ) -> Result<Response, AppError> {
-    may_read(&staff)?;
-    let refund = Refunds::from_state(&state).get(&id).await?;
-    Ok(json_value(&refund.view()))
+    Ok(json_value(&show_refund(&state, &staff, &id).await?.view()))
 }
 
 fn justification(
     payload: Result<Json<Justification>, JsonRejection>,
-) -> Result<(String, Option<String>), AppError> {
-    payload
-        .map(|Json(j)| j)
-        .map_err(|e| {
-            AppError::BadRequest(format!(
-                "send a JSON body {{\"reason\", \"ticket_id\"}}: {}",
-                e.body_text()
-            ))
-        })?
-        .validate()
+) -> Result<Justification, AppError> {
+    payload.map(|Json(j)| j).map_err(|e| {
+        AppError::BadRequest(format!(
+            "send a JSON body {{\"reason\", \"ticket_id\"}}: {}",
+            e.body_text()
+        ))
+    })
 }
 
 async fn approve(
@@ -180,19 +256,8 @@ async fn approve(
     Path(id): Path<String>,
     payload: Result<Json<Justification>, JsonRejection>,
 ) -> Result<Response, AppError> {
-    staff.require(Permission::RefundsApprove)?;
-    let (reason, ticket) = justification(payload)?;
-    // The four-eyes rule, including the step-up challenge, is decided by
-    // the domain with the refund row locked.
-    let (refund, token) = Refunds::from_state(&state)
-        .approve(
-            &member(&staff),
-            &id,
-            &reason,
-            ticket.as_deref(),
-            &staff.audit_ctx(),
-        )
-        .await?;
+    let j = justification(payload)?;
+    let (refund, token) = approve_refund(&state, &staff, &id, &j).await?;
     let mut body = refund.view();
     body["approval_token"] = token.into();
     Ok(json_value(&body))
@@ -204,18 +269,10 @@ async fn reject(
     Path(id): Path<String>,
     payload: Result<Json<Justification>, JsonRejection>,
 ) -> Result<Response, AppError> {
-    staff.require(Permission::RefundsApprove)?;
-    let (reason, ticket) = justification(payload)?;
-    let refund = Refunds::from_state(&state)
-        .reject(
-            &member(&staff),
-            &id,
-            &reason,
-            ticket.as_deref(),
-            &staff.audit_ctx(),
-        )
-        .await?;
-    Ok(json_value(&refund.view()))
+    let j = justification(payload)?;
+    Ok(json_value(
+        &reject_refund(&state, &staff, &id, &j).await?.view(),
+    ))
 }
 
 async fn cancel(
@@ -224,18 +281,10 @@ async fn cancel(
     Path(id): Path<String>,
     payload: Result<Json<Justification>, JsonRejection>,
 ) -> Result<Response, AppError> {
-    staff.require(Permission::RefundsRequest)?;
-    let (reason, ticket) = justification(payload)?;
-    let refund = Refunds::from_state(&state)
-        .cancel(
-            &member(&staff),
-            &id,
-            &reason,
-            ticket.as_deref(),
-            &staff.audit_ctx(),
-        )
-        .await?;
-    Ok(json_value(&refund.view()))
+    let j = justification(payload)?;
+    Ok(json_value(
+        &cancel_refund(&state, &staff, &id, &j).await?.view(),
+    ))
 }
 
 /// The payments service, authenticated by an access token it obtained

@@ -194,6 +194,8 @@ pub async fn record(
     };
     row.hash = compute_hash(&row);
     crate::store::audit::insert(tx, &row).await?;
+    // A security event also goes to the webhooks, in this same transaction.
+    crate::security::events::on_audit(store, tx, &row).await?;
     Ok(row)
 }
 
@@ -289,10 +291,70 @@ pub enum ExportFormat {
 
 const CSV_HEADER: &str = "seq,time,actor_kind,actor_id,actor_session,action,target,reason,ticket_id,before,after,request_id,ip,prev_hash,hash";
 
+/// Which rows a search or export covers; every field optional, all given
+/// fields must match.
+///
+/// - `actor`: exact actor id (a user id, a client id, `cli:` operator or
+///   system job), or a username, which stands for that user's id.
+/// - `action`: exact, or a prefix when it ends in `.` or `*`
+///   (`refund.` or `refund*` match every refund action).
+/// - `target`: exact, or a prefix when it ends in `:` or `*`
+///   (`client:` matches every client, `user:al*` users from `al`).
+/// - `from_ms` / `to_ms`: inclusive bounds on the row's time (ms).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditFilter {
+    pub actor: Option<String>,
+    pub action: Option<String>,
+    pub target: Option<String>,
+    pub from_ms: Option<i64>,
+    pub to_ms: Option<i64>,
+}
+
+/// `(exact, prefix)`: a value ending in `*` or `sep` is a prefix (the `*`
+/// itself dropped), anything else exact.
+fn exact_or_prefix(value: &Option<String>, sep: char) -> (Option<String>, Option<String>) {
+    match value.as_deref() {
+        None | Some("") => (None, None),
+        Some(v) => match v.strip_suffix('*') {
+            Some(p) if p.is_empty() => (None, None),
+            Some(p) => (None, Some(p.to_string())),
+            None if v.ends_with(sep) => (None, Some(v.to_string())),
+            None => (Some(v.to_string()), None),
+        },
+    }
+}
+
+impl AuditFilter {
+    /// `(exact, prefix)` of the action filter.
+    pub fn action_match(&self) -> (Option<String>, Option<String>) {
+        exact_or_prefix(&self.action, '.')
+    }
+
+    /// `(exact, prefix)` of the target filter.
+    pub fn target_match(&self) -> (Option<String>, Option<String>) {
+        exact_or_prefix(&self.target, ':')
+    }
+}
+
 /// Writes rows at or after `since_ms` to `out`, in chain order.
 pub async fn export<W: std::io::Write>(
     store: &Store,
     since_ms: Option<i64>,
+    format: ExportFormat,
+    out: &mut W,
+) -> Result<u64, ExportError> {
+    let filter = AuditFilter {
+        from_ms: since_ms,
+        ..AuditFilter::default()
+    };
+    export_filtered(store, &filter, format, out).await
+}
+
+/// Writes the rows matching `filter` to `out`, in chain order, one format
+/// for the CLI and the admin API.
+pub async fn export_filtered<W: std::io::Write>(
+    store: &Store,
+    filter: &AuditFilter,
     format: ExportFormat,
     out: &mut W,
 ) -> Result<u64, ExportError> {
@@ -302,9 +364,7 @@ pub async fn export<W: std::io::Write>(
         writeln!(out, "{CSV_HEADER}")?;
     }
     loop {
-        let rows =
-            crate::store::audit::page_since(store, since_ms.unwrap_or(i64::MIN), after, PAGE)
-                .await?;
+        let rows = crate::store::audit::search(store, filter, after, false, PAGE, 0).await?;
         if rows.is_empty() {
             break;
         }

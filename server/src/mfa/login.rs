@@ -5,16 +5,17 @@
 //! A security key (JSON under `/login/webauthn/…`, see
 //! `mfa::webauthn_http`) finishes through the same [`complete`].
 
-use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::{Extension, Router};
 
 use crate::app::AppState;
 use crate::crypto;
 use crate::error::AppError;
+use crate::security::limits::{self, ClientIp, Rule};
 use crate::sessions::{self, Authentication};
 use crate::store::StoreError;
 use crate::web::cookies::SameSite;
@@ -149,12 +150,31 @@ async fn form(
     resp
 }
 
-async fn submit(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+async fn submit(
+    State(state): State<AppState>,
+    client_ip: Option<Extension<ClientIp>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let c = match challenge(&state, &headers).await {
         Ok(Some(c)) => c,
         Ok(None) => return expired(),
         Err(e) => return AppError::from(e).into_response(),
     };
+    // Abuse limits: failures from this IP, attempts on this user.
+    let ip_key = client_ip.map(|Extension(c)| limits::ip_key(c.0));
+    let now_ms = state.clock.now_ms();
+    if let Some(key) = &ip_key
+        && let Err(l) = state.limiter.peek(Rule::LoginFailuresPerIp, key, now_ms)
+    {
+        return limits::refused(&state, l, "/login/mfa", &headers);
+    }
+    if let Err(l) = state
+        .limiter
+        .hit(Rule::LoginPerUser, &format!("id:{}", c.user_id), now_ms)
+    {
+        return limits::refused(&state, l, "/login/mfa", &headers);
+    }
     let params = Params::parse(&body).unwrap_or_default();
     if !csrf::verify(
         &sessions::cookie_policy(&state),
@@ -175,6 +195,11 @@ async fn submit(State(state): State<AppState>, headers: HeaderMap, body: Bytes) 
         (None, Some(code)) => super::recovery::redeem(&state, &c.user_id, code).await,
         _ => Err(MfaError::InvalidCode),
     };
+    if let (Err(MfaError::InvalidCode | MfaError::LockedOut(_)), Some(key)) = (&result, &ip_key) {
+        let _ = state
+            .limiter
+            .hit(Rule::LoginFailuresPerIp, key, state.clock.now_ms());
+    }
     match result {
         Ok(()) => {}
         Err(MfaError::InvalidCode) => {

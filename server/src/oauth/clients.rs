@@ -179,7 +179,7 @@ fn is_loopback(url: &url::Url) -> bool {
 /// Redirect URIs are matched exactly later, so they are checked strictly
 /// here: absolute, no fragment, https (http only on loopback) or a native
 /// app's private-use scheme in reverse-domain form (RFC 8252 §7.1).
-fn check_redirect_uri(uri: &str) -> Result<(), ClientError> {
+pub fn check_redirect_uri(uri: &str) -> Result<(), ClientError> {
     let bad = |why| ClientError::InvalidRedirectUri {
         uri: uri.to_string(),
         why,
@@ -197,6 +197,23 @@ fn check_redirect_uri(uri: &str) -> Result<(), ClientError> {
             "use https, loopback http, or a reverse-domain private-use scheme",
         )),
     }
+}
+
+/// Scope names as registered: each an RFC 6749 scope-token, duplicates
+/// dropped, order kept, empty entries ignored.
+pub fn parse_scopes<'a>(
+    names: impl IntoIterator<Item = &'a str>,
+) -> Result<Vec<String>, ClientError> {
+    let mut scopes: Vec<String> = Vec::new();
+    for s in names.into_iter().filter(|s| !s.is_empty()) {
+        if !valid_scope_token(s) {
+            return Err(ClientError::InvalidScope(s.to_string()));
+        }
+        if !scopes.iter().any(|x| x == s) {
+            scopes.push(s.to_string());
+        }
+    }
+    Ok(scopes)
 }
 
 fn check_logout_uri(uri: &str) -> Result<(), ClientError> {
@@ -288,15 +305,7 @@ fn build(new: NewClient, now: i64) -> Result<(Client, Option<ClientSecret>), Cli
         grants.push(GrantType::TokenExchange);
     }
     let scope_text = new.scope.unwrap_or_else(|| "openid".to_string());
-    let mut scopes: Vec<String> = Vec::new();
-    for s in scope_text.split(' ').filter(|s| !s.is_empty()) {
-        if !valid_scope_token(s) {
-            return Err(ClientError::InvalidScope(s.to_string()));
-        }
-        if !scopes.iter().any(|x| x == s) {
-            scopes.push(s.to_string());
-        }
-    }
+    let scopes = parse_scopes(scope_text.split(' '))?;
     if let Some(uri) = &new.backchannel_logout_uri {
         check_logout_uri(uri)?;
     }
@@ -332,7 +341,54 @@ pub async fn register(
     ctx: &AuditContext,
     new: NewClient,
 ) -> Result<(Client, Option<ClientSecret>), ClientError> {
+    register_as(store, clock, ctx, new, AuditEvent::new("client.create", "")).await
+}
+
+/// [`register`] with the caller's audit event: its action, reason and
+/// ticket are kept; target and `after` are set here (the client, never its
+/// secret).
+pub async fn register_as(
+    store: &Store,
+    clock: &dyn Clock,
+    ctx: &AuditContext,
+    new: NewClient,
+    event: AuditEvent,
+) -> Result<(Client, Option<ClientSecret>), ClientError> {
     let (client, secret) = build(new, clock.now())?;
+    let mut tx = store.begin().await?;
+    match crate::store::clients::insert(&mut tx, &client).await {
+        Err(StoreError::Conflict("client id")) => {
+            return Err(ClientError::AlreadyExists(client.id.clone()));
+        }
+        other => other?,
+    }
+    audit::record(
+        store,
+        &mut tx,
+        clock.now_ms(),
+        ctx,
+        AuditEvent {
+            target: Some(format!("client:{}", client.id)),
+            after: Some(client.audit_view()),
+            ..event
+        },
+    )
+    .await?;
+    tx.commit().await.map_err(StoreError::from)?;
+    Ok((client, secret))
+}
+
+/// Registers a client whose secret the server itself holds (the admin UI's
+/// own client): the caller supplies the secret's SHA-256.
+pub async fn register_with_secret(
+    store: &Store,
+    clock: &dyn Clock,
+    ctx: &AuditContext,
+    new: NewClient,
+    secret_hash: &str,
+) -> Result<Client, ClientError> {
+    let (mut client, _) = build(new, clock.now())?;
+    client.secret_hash = Some(secret_hash.to_string());
     let mut tx = store.begin().await?;
     match crate::store::clients::insert(&mut tx, &client).await {
         Err(StoreError::Conflict("client id")) => {
@@ -350,7 +406,7 @@ pub async fn register(
     )
     .await?;
     tx.commit().await.map_err(StoreError::from)?;
-    Ok((client, secret))
+    Ok(client)
 }
 
 pub async fn find(store: &Store, id: &str) -> Result<Client, ClientError> {

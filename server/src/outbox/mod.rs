@@ -1,5 +1,5 @@
-//! The durable outbox: messages to other systems (OIDC back-channel logout
-//! now; security webhooks later) are written in the same transaction as the
+//! The durable outbox: messages to other systems (OIDC back-channel logout,
+//! security-event webhooks: `security::webhooks`) are written in the same transaction as the
 //! decision that causes them, then delivered by a background worker with
 //! retries and exponential backoff. Nothing here blocks a request, and
 //! queued messages survive restarts.
@@ -13,6 +13,7 @@ use crate::app::AppState;
 use crate::audit::{self, AuditContext, AuditEvent};
 use crate::crypto;
 use crate::keys::SigningAlg;
+use crate::security::webhooks::{self, Failure};
 use crate::sessions::Session;
 use crate::store::{StoreError, Tx};
 
@@ -124,6 +125,7 @@ pub async fn deliver_due(state: &AppState) -> Result<usize, StoreError> {
     let mut sent = 0;
     for msg in due {
         let attempts = msg.attempts + 1;
+        let policy = RetryPolicy::for_kind(state, &msg.kind);
         match send(state, &msg).await {
             Ok(()) => {
                 crate::store::outbox::mark_delivered(
@@ -139,17 +141,24 @@ pub async fn deliver_due(state: &AppState) -> Result<usize, StoreError> {
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 sent += 1;
             }
-            Err(error) => {
+            Err(failure) => {
                 state
                     .metrics
                     .outbox_attempt_failures
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let (error, permanent) = match failure {
+                    Failure::Retry(e) => (e, false),
+                    Failure::Permanent(e) => (e, true),
+                };
                 tracing::warn!(kind = %msg.kind, client_id = ?msg.client_id, attempts, error = %error, "outbox delivery failed");
-                if attempts >= state.config.outbox.max_attempts {
+                let now = state.clock.now();
+                let next = now + backoff(policy.retry_base, attempts);
+                let too_old = policy
+                    .max_age
+                    .is_some_and(|age| next.saturating_sub(msg.created_at) > age);
+                if permanent || attempts >= policy.max_attempts || too_old {
                     give_up(state, &msg, attempts, &error).await?;
                 } else {
-                    let next =
-                        state.clock.now() + backoff(state.config.outbox.retry_base, attempts);
                     crate::store::outbox::mark_retry(&state.store, &msg.id, attempts, next, &error)
                         .await?;
                 }
@@ -159,7 +168,44 @@ pub async fn deliver_due(state: &AppState) -> Result<usize, StoreError> {
     Ok(sent)
 }
 
-async fn send(state: &AppState, msg: &OutboxMessage) -> Result<(), String> {
+/// Retries per message kind: back-channel logout uses `[outbox]`, security
+/// webhooks `[webhooks]` (which also bounds a message's age).
+struct RetryPolicy {
+    retry_base: Duration,
+    max_attempts: i64,
+    /// Seconds after `created_at` past which no attempt is scheduled.
+    max_age: Option<i64>,
+}
+
+impl RetryPolicy {
+    fn for_kind(state: &AppState, kind: &str) -> RetryPolicy {
+        if kind == webhooks::KIND {
+            let w = &state.config.webhooks;
+            RetryPolicy {
+                retry_base: w.retry_base,
+                max_attempts: w.max_attempts,
+                max_age: Some(i64::try_from(w.max_age.as_secs()).unwrap_or(i64::MAX)),
+            }
+        } else {
+            RetryPolicy {
+                retry_base: state.config.outbox.retry_base,
+                max_attempts: state.config.outbox.max_attempts,
+                max_age: None,
+            }
+        }
+    }
+}
+
+async fn send(state: &AppState, msg: &OutboxMessage) -> Result<(), Failure> {
+    if msg.kind == webhooks::KIND {
+        return webhooks::deliver(state, msg).await;
+    }
+    send_backchannel_logout(state, msg)
+        .await
+        .map_err(Failure::Retry)
+}
+
+async fn send_backchannel_logout(state: &AppState, msg: &OutboxMessage) -> Result<(), String> {
     let resp = state
         .http_client
         .post(&msg.target_url)
@@ -184,13 +230,25 @@ async fn give_up(
 ) -> Result<(), StoreError> {
     let mut tx = state.store.begin().await?;
     crate::store::outbox::mark_failed(&mut tx, &msg.id, state.clock.now(), attempts, error).await?;
+    let event = if msg.kind == webhooks::KIND {
+        // A webhook URL's path is often a credential (chat bridges): only
+        // its origin is recorded.
+        let origin = webhooks::origin(&msg.target_url);
+        let event: serde_json::Value = serde_json::from_str(&msg.payload).unwrap_or_default();
+        AuditEvent::new("outbox.delivery_failed", format!("webhook:{origin}")).after(json!({
+            "kind": msg.kind, "target": origin, "event_id": event["id"], "event_type": event["type"],
+            "attempts": attempts, "error": error,
+        }))
+    } else {
+        AuditEvent::new("outbox.delivery_failed", format!("client:{}", msg.client_id.clone().unwrap_or_default()))
+            .after(json!({"kind": msg.kind, "target_url": msg.target_url, "attempts": attempts, "error": error}))
+    };
     audit::record(
         &state.store,
         &mut tx,
         state.clock.now_ms(),
         &AuditContext::system("outbox"),
-        AuditEvent::new("outbox.delivery_failed", format!("client:{}", msg.client_id.clone().unwrap_or_default()))
-            .after(json!({"kind": msg.kind, "target_url": msg.target_url, "attempts": attempts, "error": error})),
+        event,
     )
     .await?;
     tx.commit().await?;

@@ -85,13 +85,8 @@ pub async fn end_all_for_user(
     ctx: &AuditContext,
 ) -> Result<Vec<(Session, Session)>, StoreError> {
     let mut tx = state.store.begin().await?;
-    let ids = crate::store::sessions::live_ids_for_user(&mut tx, user_id).await?;
-    let mut ended = Vec::new();
-    for id in ids.iter().filter(|id| Some(id.as_str()) != keep) {
-        if let Some(pair) = end_in(state, &mut tx, id, ender, reason, ticket_id, ctx).await? {
-            ended.push(pair);
-        }
-    }
+    let ended =
+        end_all_for_user_in(state, &mut tx, user_id, keep, ender, reason, ticket_id, ctx).await?;
     tx.commit().await?;
     if !ended.is_empty() {
         after_end(state);
@@ -99,7 +94,35 @@ pub async fn end_all_for_user(
     Ok(ended)
 }
 
-fn after_end(state: &AppState) {
+/// [`end_all_for_user`] inside the caller's transaction, for changes that
+/// must end the sessions atomically with something else (locking an
+/// account, resetting its second factors). The caller commits, then calls
+/// [`after_end`] if anything ended.
+#[allow(clippy::too_many_arguments)]
+pub async fn end_all_for_user_in(
+    state: &AppState,
+    tx: &mut crate::store::Tx,
+    user_id: &str,
+    keep: Option<&str>,
+    ender: &Ender,
+    reason: &str,
+    ticket_id: Option<&str>,
+    ctx: &AuditContext,
+) -> Result<Vec<(Session, Session)>, StoreError> {
+    let ids = crate::store::sessions::live_ids_for_user(tx, user_id).await?;
+    let mut ended = Vec::new();
+    for id in ids.iter().filter(|id| Some(id.as_str()) != keep) {
+        if let Some(pair) = end_in(state, tx, id, ender, reason, ticket_id, ctx).await? {
+            ended.push(pair);
+        }
+    }
+    Ok(ended)
+}
+
+/// After a committed end: clears this replica's introspection cache (the
+/// NOTIFY sent inside the transaction clears the others') and wakes the
+/// back-channel logout outbox.
+pub fn after_end(state: &AppState) {
     state.introspection_cache.clear();
     state.outbox_wake.notify_one();
 }

@@ -1,6 +1,7 @@
 //! `/login`: the username/password form. On success the browser gets a
 //! fresh session cookie and continues the pending authorization request.
 
+use axum::Extension;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, Query, State};
@@ -9,7 +10,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::Deserialize;
 
-use crate::app::AppState;
+use crate::app::{AppState, RequestId};
+use crate::security::limits::{self, ClientIp, Rule};
+use crate::security::lockout::{self, Admission, Policy};
 use crate::users::{self, AuthError};
 use crate::web::form::Params;
 use crate::web::html::{self, escape};
@@ -99,9 +102,23 @@ fn form(
     resp
 }
 
+/// The one answer to every failed login — unknown user, wrong password,
+/// locked or lockout-locked account — so none of them can be told apart.
+fn login_failed(state: &AppState, headers: &HeaderMap, request: Option<&str>) -> Response {
+    form(
+        state,
+        headers,
+        request,
+        Some("invalid username or password"),
+        StatusCode::UNAUTHORIZED,
+    )
+}
+
 async fn submit(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    client_ip: Option<Extension<ClientIp>>,
+    request_id: Option<Extension<RequestId>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
@@ -121,20 +138,68 @@ async fn submit(
     }
     let username = params.field("username").unwrap_or("");
     let password = params.field("password").unwrap_or("");
+    // Abuse limits: failures from this IP, attempts on this name (known or
+    // not, so a 429 says nothing about the account).
+    let ip = client_ip.map_or(peer.ip(), |Extension(c)| c.0);
+    let ip_key = limits::ip_key(ip);
+    let now_ms = state.clock.now_ms();
+    if let Err(l) = state
+        .limiter
+        .peek(Rule::LoginFailuresPerIp, &ip_key, now_ms)
+    {
+        return limits::refused(&state, l, "/login", &headers);
+    }
+    let name = users::normalize_username(username).ok();
+    if let Some(name) = &name
+        && let Err(l) = state.limiter.hit(Rule::LoginPerUser, name, now_ms)
+    {
+        return limits::refused(&state, l, "/login", &headers);
+    }
+    // The persistent lockout, per name: while locked the password is not
+    // even checked, and the answer is the same as for a wrong one.
+    let attempt = match &name {
+        Some(name) => {
+            match lockout::admit(&state, &Policy::login(&state), &format!("login:{name}")).await {
+                Ok(Admission::Admitted(a)) => Some(a),
+                Ok(Admission::Locked { .. }) => {
+                    let _ = state.limiter.hit(Rule::LoginFailuresPerIp, &ip_key, now_ms);
+                    tracing::info!(event = "login.failed", locked = true, "login failed");
+                    return login_failed(&state, &headers, request);
+                }
+                Err(e) => return crate::error::AppError::from(e).into_response(),
+            }
+        }
+        None => None,
+    };
     let user = match users::authenticate(&state.store, username, password).await {
         Ok(user) => user,
         Err(AuthError::InvalidCredentials) => {
+            let _ = state
+                .limiter
+                .hit(Rule::LoginFailuresPerIp, &ip_key, state.clock.now_ms());
+            if let (Some(a), Some(name)) = (&attempt, &name)
+                && a.lock.is_some()
+            {
+                let target = match crate::store::users::find_by_username(&state.store, name).await {
+                    Ok(Some(u)) => format!("user:{}", u.id),
+                    Ok(None) => format!("username:{name}"),
+                    Err(e) => return crate::error::AppError::from(e).into_response(),
+                };
+                let ctx = lockout::context(request_id.map(|r| r.0.0), Some(ip.to_string()));
+                if let Err(e) = a.failed(&state, &target, &ctx).await {
+                    return crate::error::AppError::from(e).into_response();
+                }
+            }
             tracing::info!(event = "login.failed", "login failed");
-            return form(
-                &state,
-                &headers,
-                request,
-                Some("invalid username or password"),
-                StatusCode::UNAUTHORIZED,
-            );
+            return login_failed(&state, &headers, request);
         }
         Err(AuthError::Store(e)) => return crate::error::AppError::from(e).into_response(),
     };
+    if let Some(a) = &attempt
+        && let Err(e) = lockout::clear(&state, &a.subject).await
+    {
+        return crate::error::AppError::from(e).into_response();
+    }
     // Users with a second factor finish at /login/mfa.
     match crate::mfa::factors(&state.store, &user.id).await {
         Ok(f) if f.any() => {

@@ -141,6 +141,7 @@ pub async fn login(
                 ticket_id: None,
             };
             crate::store::sessions::insert(&state.store, &session, &secret_hash).await?;
+            crate::security::events::check_new_device(state, &session).await?;
             session
         }
     };

@@ -62,20 +62,45 @@ pub async fn page(store: &Store, after_seq: i64, limit: i64) -> StoreResult<Vec<
     Ok(rows)
 }
 
-/// Rows at or after `since_ms` with `seq > after_seq`, for export.
-pub async fn page_since(
+/// Rows matching `f` (see [`crate::audit::AuditFilter`] for what each field
+/// matches) with `seq > after_seq`: newest first for the staff listing,
+/// chain order for export. One SQL text; unused filters bind NULL.
+pub async fn search(
     store: &Store,
-    since_ms: i64,
+    f: &crate::audit::AuditFilter,
     after_seq: i64,
+    newest_first: bool,
     limit: i64,
+    offset: i64,
 ) -> StoreResult<Vec<AuditRecord>> {
+    let (action, action_prefix) = f.action_match();
+    let (target, target_prefix) = f.target_match();
+    let len = |p: &Option<String>| p.as_ref().map(|p| p.chars().count() as i64);
+    let order = if newest_first { "DESC" } else { "ASC" };
     let sql = format!(
-        "SELECT {COLUMNS} FROM audit_log WHERE seq > $1 AND at_ms >= $2 ORDER BY seq LIMIT $3"
+        "SELECT {COLUMNS} FROM audit_log WHERE seq > $1 \
+           AND ($2 IS NULL OR actor_id = $2 OR actor_id IN (SELECT id FROM users WHERE username = lower($2))) \
+           AND ($3 IS NULL OR action = $3) \
+           AND ($4 IS NULL OR substr(action, 1, CAST($5 AS INTEGER)) = $4) \
+           AND ($6 IS NULL OR target = $6) \
+           AND ($7 IS NULL OR substr(target, 1, CAST($8 AS INTEGER)) = $7) \
+           AND ($9 IS NULL OR at_ms >= $9) \
+           AND ($10 IS NULL OR at_ms <= $10) \
+         ORDER BY seq {order} LIMIT $11 OFFSET $12"
     );
     let rows = sqlx::query_as::<_, AuditRecord>(sqlx::AssertSqlSafe(sql))
         .bind(after_seq)
-        .bind(since_ms)
+        .bind(f.actor.clone())
+        .bind(action)
+        .bind(action_prefix.clone())
+        .bind(len(&action_prefix))
+        .bind(target)
+        .bind(target_prefix.clone())
+        .bind(len(&target_prefix))
+        .bind(f.from_ms)
+        .bind(f.to_ms)
         .bind(limit)
+        .bind(offset)
         .fetch_all(store.reader())
         .await?;
     Ok(rows)

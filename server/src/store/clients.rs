@@ -116,3 +116,64 @@ pub async fn find_tx(tx: &mut Tx, id: &str) -> StoreResult<Option<Client>> {
         .await?;
     row.map(Client::try_from).transpose()
 }
+
+/// Every client, oldest first, for the staff listing.
+pub async fn list(store: &Store, limit: i64, offset: i64) -> StoreResult<Vec<Client>> {
+    let sql = format!("SELECT {COLUMNS} FROM clients ORDER BY created_at, id LIMIT $1 OFFSET $2");
+    let rows: Vec<ClientRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(limit)
+        .bind(offset)
+        .fetch_all(store.reader())
+        .await?;
+    rows.into_iter().map(Client::try_from).collect()
+}
+
+/// The client, locked for a read-modify-write (PostgreSQL `FOR UPDATE`;
+/// SQLite's IMMEDIATE transaction already holds the write lock).
+pub async fn find_for_update(store: &Store, tx: &mut Tx, id: &str) -> StoreResult<Option<Client>> {
+    let lock = super::users::for_update(store);
+    let sql = format!("SELECT {COLUMNS} FROM clients WHERE id = $1{lock}");
+    let row: Option<ClientRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(id)
+        .fetch_optional(&mut **tx)
+        .await?;
+    row.map(Client::try_from).transpose()
+}
+
+/// Replaces the redirect URIs and scopes.
+pub async fn update_settings(
+    tx: &mut Tx,
+    id: &str,
+    redirect_uris: &[String],
+    scopes: &[String],
+    now: i64,
+) -> StoreResult<()> {
+    sqlx::query(
+        "UPDATE clients SET redirect_uris = $1, scopes = $2, updated_at = $3 WHERE id = $4",
+    )
+    .bind(json_list(redirect_uris))
+    .bind(scopes.join(" "))
+    .bind(now)
+    .bind(id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Replaces a confidential client's secret hash.
+pub async fn set_secret_hash(
+    tx: &mut Tx,
+    id: &str,
+    secret_hash: &str,
+    now: i64,
+) -> StoreResult<()> {
+    sqlx::query(
+        "UPDATE clients SET secret_hash = $1, updated_at = $2 WHERE id = $3 AND is_public = 0",
+    )
+    .bind(secret_hash)
+    .bind(now)
+    .bind(id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}

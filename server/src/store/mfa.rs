@@ -1,4 +1,5 @@
-//! SQL for second factors, login challenges and lockout counters.
+//! SQL for second factors and login challenges (lockout counters:
+//! `store::lockout`).
 
 use super::{Store, StoreResult, Tx};
 
@@ -185,43 +186,17 @@ pub async fn consume_login_challenge(
     Ok(done.rows_affected() == 1)
 }
 
-/// `(failures, locked_until)`.
-pub async fn failures(store: &Store, subject: &str) -> StoreResult<Option<(i64, i64)>> {
-    Ok(
-        sqlx::query_as("SELECT failures, locked_until FROM auth_failures WHERE subject = $1")
-            .bind(subject)
-            .fetch_optional(store.reader())
-            .await?,
+/// Deletes every recovery code of the user; returns how many were unused.
+pub async fn delete_recovery_codes(tx: &mut Tx, user_id: &str) -> StoreResult<i64> {
+    let (left,): (i64,) = sqlx::query_as(
+        "SELECT COUNT(*) FROM recovery_codes WHERE user_id = $1 AND used_at IS NULL",
     )
-}
-
-/// Counts one more failure atomically and returns the new count.
-pub async fn add_failure(store: &Store, subject: &str, now: i64) -> StoreResult<i64> {
-    let (n,): (i64,) = sqlx::query_as(
-        "INSERT INTO auth_failures (subject, failures, locked_until, updated_at) VALUES ($1, 1, 0, $2) \
-         ON CONFLICT (subject) DO UPDATE SET failures = auth_failures.failures + 1, updated_at = $2 \
-         RETURNING failures",
-    )
-    .bind(subject)
-    .bind(now)
-    .fetch_one(store.writer())
+    .bind(user_id)
+    .fetch_one(&mut **tx)
     .await?;
-    Ok(n)
-}
-
-pub async fn set_locked_until(store: &Store, subject: &str, until: i64) -> StoreResult<()> {
-    sqlx::query("UPDATE auth_failures SET locked_until = $1 WHERE subject = $2")
-        .bind(until)
-        .bind(subject)
-        .execute(store.writer())
+    sqlx::query("DELETE FROM recovery_codes WHERE user_id = $1")
+        .bind(user_id)
+        .execute(&mut **tx)
         .await?;
-    Ok(())
-}
-
-pub async fn clear_failures(store: &Store, subject: &str) -> StoreResult<()> {
-    sqlx::query("DELETE FROM auth_failures WHERE subject = $1")
-        .bind(subject)
-        .execute(store.writer())
-        .await?;
-    Ok(())
+    Ok(left)
 }

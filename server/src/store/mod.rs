@@ -7,13 +7,16 @@
 //! BIGINT unix seconds (milliseconds where named `*_ms`), JSON is TEXT,
 //! flags are INTEGER 0/1 (decoded through row structs here).
 
+pub mod admin_ui;
 pub mod audit;
 pub mod clients;
+pub mod lockout;
 pub mod mfa;
 pub mod oauth;
 pub mod outbox;
 pub mod refunds;
 pub mod roles;
+pub mod security;
 pub mod sessions;
 pub mod tokens;
 pub mod users;
@@ -116,6 +119,9 @@ pub struct Store {
     backend: Backend,
     reader: AnyPool,
     writer: AnyPool,
+    /// Security-event webhooks: `audit::record` queues a delivery to each
+    /// in the transaction that writes the event (see `security::events`).
+    webhooks: std::sync::Arc<[crate::config::WebhookEndpoint]>,
 }
 
 pub type Tx = Transaction<'static, Any>;
@@ -157,6 +163,7 @@ impl Store {
                     backend,
                     reader: pool.clone(),
                     writer: pool,
+                    webhooks: Vec::new().into(),
                 })
             }
             Backend::Sqlite => {
@@ -176,6 +183,7 @@ impl Store {
                     backend,
                     reader,
                     writer,
+                    webhooks: Vec::new().into(),
                 })
             }
         }
@@ -183,6 +191,17 @@ impl Store {
 
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// The same store, queueing security events for `endpoints`.
+    pub fn with_webhooks(mut self, endpoints: &[crate::config::WebhookEndpoint]) -> Store {
+        self.webhooks = endpoints.into();
+        self
+    }
+
+    /// Where security events go (empty: nowhere but the audit log).
+    pub fn webhooks(&self) -> &[crate::config::WebhookEndpoint] {
+        &self.webhooks
     }
 
     /// Pool for reads outside a transaction.

@@ -273,3 +273,68 @@ pub async fn find_refresh(
         .fetch_optional(store.reader())
         .await?)
 }
+
+/// Incident response: revokes every token of a client — each family (and
+/// so each refresh token), each access token, including client-credentials
+/// tokens outside families — and expires its unredeemed authorization
+/// codes. Returns how many tokens were still usable (unrevoked, unexpired,
+/// refresh tokens not yet rotated). Sends the replica-wide NOTIFY.
+pub async fn revoke_all_of_client(
+    store: &Store,
+    tx: &mut Tx,
+    client_id: &str,
+    now: i64,
+    reason: &str,
+) -> StoreResult<u64> {
+    notify_revocation(store, tx).await?;
+    let (live_access,): (i64,) = sqlx::query_as(
+        "SELECT COUNT(*) FROM access_tokens a LEFT JOIN token_families f ON f.id = a.family_id \
+         WHERE a.client_id = $1 AND a.revoked_at IS NULL AND f.revoked_at IS NULL AND a.expires_at > $2",
+    )
+    .bind(client_id)
+    .bind(now)
+    .fetch_one(&mut **tx)
+    .await?;
+    let (live_refresh,): (i64,) = sqlx::query_as(
+        "SELECT COUNT(*) FROM refresh_tokens r JOIN token_families f ON f.id = r.family_id \
+         WHERE r.client_id = $1 AND r.revoked_at IS NULL AND r.used_at IS NULL \
+         AND f.revoked_at IS NULL AND r.expires_at > $2",
+    )
+    .bind(client_id)
+    .bind(now)
+    .fetch_one(&mut **tx)
+    .await?;
+    sqlx::query(
+        "UPDATE token_families SET revoked_at = $1, revoked_reason = $2 \
+         WHERE client_id = $3 AND revoked_at IS NULL",
+    )
+    .bind(now)
+    .bind(reason)
+    .bind(client_id)
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query(
+        "UPDATE refresh_tokens SET revoked_at = $1 WHERE client_id = $2 AND revoked_at IS NULL",
+    )
+    .bind(now)
+    .bind(client_id)
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query(
+        "UPDATE access_tokens SET revoked_at = $1 WHERE client_id = $2 AND revoked_at IS NULL",
+    )
+    .bind(now)
+    .bind(client_id)
+    .execute(&mut **tx)
+    .await?;
+    // A code issued before the incident must not mint new tokens after it.
+    sqlx::query(
+        "UPDATE authorization_codes SET expires_at = $1 \
+         WHERE client_id = $2 AND used_at IS NULL AND expires_at > $1",
+    )
+    .bind(now)
+    .bind(client_id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(u64::try_from(live_access + live_refresh).unwrap_or(0))
+}

@@ -175,3 +175,59 @@ pub async fn set_password(tx: &mut Tx, id: &str, hash: &str, now: i64) -> StoreR
         .await?;
     Ok(())
 }
+
+/// A user as the staff listing shows it, with the number of live sessions.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct UserListRow {
+    pub id: String,
+    pub username: String,
+    pub locked: i64,
+    pub created_at: i64,
+    pub active_sessions: i64,
+}
+
+/// Staff search: users whose (lower-case) username contains `needle`
+/// (`None`: everyone), by username.
+pub async fn search(
+    store: &Store,
+    needle: Option<&str>,
+    limit: i64,
+    offset: i64,
+) -> StoreResult<Vec<UserListRow>> {
+    // LIKE with every wildcard in the needle escaped: a plain substring test
+    // that reads the same on both backends (usernames are lower-case ASCII,
+    // so SQLite's case-insensitive LIKE changes nothing).
+    let pattern = needle.map(|n| {
+        let escaped: String = n
+            .chars()
+            .flat_map(|c| match c {
+                '\\' | '%' | '_' => vec!['\\', c],
+                c => vec![c],
+            })
+            .collect();
+        format!("%{escaped}%")
+    });
+    Ok(sqlx::query_as(
+        "SELECT u.id, u.username, u.locked, u.created_at, \
+         (SELECT COUNT(*) FROM sessions s WHERE s.user_id = u.id AND s.ended_at IS NULL) AS active_sessions \
+         FROM users u WHERE ($1 IS NULL OR u.username LIKE $1 ESCAPE '\\') \
+         ORDER BY u.username LIMIT $2 OFFSET $3",
+    )
+    .bind(pattern)
+    .bind(limit)
+    .bind(offset)
+    .fetch_all(store.reader())
+    .await?)
+}
+
+/// One user's listing row (see [`search`]).
+pub async fn list_row(store: &Store, user_id: &str) -> StoreResult<Option<UserListRow>> {
+    Ok(sqlx::query_as(
+        "SELECT u.id, u.username, u.locked, u.created_at, \
+         (SELECT COUNT(*) FROM sessions s WHERE s.user_id = u.id AND s.ended_at IS NULL) AS active_sessions \
+         FROM users u WHERE u.id = $1",
+    )
+    .bind(user_id)
+    .fetch_optional(store.reader())
+    .await?)
+}

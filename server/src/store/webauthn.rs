@@ -282,3 +282,24 @@ pub async fn set_passkey_login(
         .await?;
     Ok(before.is_some_and(|(p,)| p != 0))
 }
+
+/// Deletes every credential of the user (staff reset); the removed rows.
+pub async fn delete_all_credentials(
+    store: &Store,
+    tx: &mut Tx,
+    user_id: &str,
+) -> StoreResult<Vec<CredentialRow>> {
+    let lock = for_update(store);
+    let sql = format!(
+        "SELECT {CREDENTIAL_COLUMNS} FROM webauthn_credentials WHERE user_id = $1 ORDER BY created_at, id{lock}"
+    );
+    let rows: Vec<CredentialRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(user_id)
+        .fetch_all(&mut **tx)
+        .await?;
+    sqlx::query("DELETE FROM webauthn_credentials WHERE user_id = $1")
+        .bind(user_id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(rows)
+}

@@ -15,6 +15,10 @@ pub struct Metrics {
     pub outbox_delivered: AtomicU64,
     pub outbox_attempt_failures: AtomicU64,
     pub outbox_failed: AtomicU64,
+    /// 429 answers of the rate limiter, per `security::limits::Class`.
+    pub rate_limited: [AtomicU64; crate::security::limits::Class::ALL.len()],
+    /// Lockouts set (passwords and second-factor codes).
+    pub lockouts: AtomicU64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -89,6 +93,27 @@ impl Metrics {
                 counter.load(Ordering::Relaxed)
             );
         }
+        out.push_str(
+            "# HELP portcullis_rate_limited_total Requests refused with 429 by a rate limit, by endpoint class.\n\
+             # TYPE portcullis_rate_limited_total counter\n",
+        );
+        for (class, counter) in crate::security::limits::Class::ALL
+            .iter()
+            .zip(self.rate_limited.iter())
+        {
+            let _ = writeln!(
+                out,
+                "portcullis_rate_limited_total{{class=\"{}\"}} {}",
+                class.as_str(),
+                counter.load(Ordering::Relaxed)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP portcullis_lockouts_total Lockouts after repeated failed logins or codes.\n\
+             # TYPE portcullis_lockouts_total counter\nportcullis_lockouts_total {}",
+            self.lockouts.load(Ordering::Relaxed)
+        );
         out
     }
 }

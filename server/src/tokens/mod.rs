@@ -234,8 +234,16 @@ pub async fn active_access_token(
     if !token.starts_with(ACCESS_PREFIX) || token.len() > 100 {
         return Ok(None);
     }
+    active_access_token_by_hash(state, crypto::sha256_hex(token)).await
+}
+
+/// [`active_access_token`] for a token known only by its SHA-256 (the admin
+/// UI keeps the hash, never the token, in its session row).
+pub async fn active_access_token_by_hash(
+    state: &AppState,
+    hash: String,
+) -> StoreResult<Option<AccessTokenRecord>> {
     let now = state.clock.now();
-    let hash = crypto::sha256_hex(token);
     if let Some(hit) = state.introspection_cache.get(&hash, now) {
         return Ok(Some(hit));
     }

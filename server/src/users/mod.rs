@@ -194,16 +194,41 @@ pub async fn set_locked(
     reason: Option<String>,
     ticket_id: Option<String>,
 ) -> Result<bool, UserError> {
-    let name = normalize_username(username)?;
     let mut tx = store.begin().await?;
-    let before = crate::store::users::find_by_username_for_update(store, &mut tx, &name)
+    let changed = set_locked_in(
+        store, &mut tx, clock, ctx, username, locked, reason, ticket_id,
+    )
+    .await?;
+    if changed.is_none() {
+        return Ok(false);
+    }
+    tx.commit().await.map_err(StoreError::from)?;
+    Ok(true)
+}
+
+/// [`set_locked`] inside the caller's transaction (the user row is locked
+/// until it ends): `Some((before, after))` when the state changed and was
+/// audited, `None` when the account already was in that state.
+#[allow(clippy::too_many_arguments)]
+pub async fn set_locked_in(
+    store: &Store,
+    tx: &mut crate::store::Tx,
+    clock: &dyn Clock,
+    ctx: &AuditContext,
+    username: &str,
+    locked: bool,
+    reason: Option<String>,
+    ticket_id: Option<String>,
+) -> Result<Option<(User, User)>, UserError> {
+    let name = normalize_username(username)?;
+    let before = crate::store::users::find_by_username_for_update(store, tx, &name)
         .await?
         .ok_or_else(|| UserError::NotFound(name.clone()))?;
     if before.locked == locked {
-        return Ok(false);
+        return Ok(None);
     }
     let now = clock.now();
-    crate::store::users::set_locked(&mut tx, &before.id, locked, now).await?;
+    crate::store::users::set_locked(tx, &before.id, locked, now).await?;
     let after = User {
         locked,
         updated_at: now,
@@ -212,7 +237,7 @@ pub async fn set_locked(
     let action = if locked { "user.lock" } else { "user.unlock" };
     audit::record(
         store,
-        &mut tx,
+        tx,
         clock.now_ms(),
         ctx,
         AuditEvent::new(action, format!("user:{name}"))
@@ -221,8 +246,7 @@ pub async fn set_locked(
             .after(after.audit_view()),
     )
     .await?;
-    tx.commit().await.map_err(StoreError::from)?;
-    Ok(true)
+    Ok(Some((before, after)))
 }
 
 #[derive(Debug, thiserror::Error)]

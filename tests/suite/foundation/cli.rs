@@ -195,7 +195,13 @@ async fn roles_grant_revoke_list(backend: Backend) {
         .collect();
     assert_eq!(
         names,
-        vec!["auditor", "refund_approver", "security_admin", "support"]
+        vec![
+            "auditor",
+            "refund_approver",
+            "security_admin",
+            "support",
+            "support_viewer"
+        ]
     );
     // No role holds every permission.
     for role in roles.as_array().unwrap() {

@@ -1,0 +1,3 @@
+//! Abuse defences, security events and hardening (issue 9).
+mod events;
+mod limits;
