@@ -108,7 +108,6 @@ pub fn users_page(layout: &Layout, v: UsersView) -> String {
         let rows = v
             .rows
             .iter()
-            .cloned()
             .map(|u| {
                 let href = format!("/users/{}", u.username);
                 let state = if u.locked {
@@ -235,7 +234,6 @@ pub fn clients_page(layout: &Layout, v: ClientsView) -> String {
         let rows = v
             .rows
             .iter()
-            .cloned()
             .map(|c| {
                 let href = format!("/clients/{}", c.client_id);
                 view! {
@@ -360,7 +358,6 @@ fn refunds_table(rows: &[RefundRow], message: &'static str) -> AnyView {
     }
     let body = rows
         .iter()
-        .cloned()
         .map(|r| {
             let href = format!("/refunds/{}", r.id);
             let status_class = format!("badge status-{}", r.status);
@@ -530,7 +527,6 @@ pub fn audit_page(layout: &Layout, v: AuditView) -> String {
         let rows = v
             .rows
             .iter()
-            .cloned()
             .map(|a| {
                 let changes = (!a.before.is_empty() || !a.after.is_empty()).then(|| {
                     view! {

@@ -118,7 +118,6 @@ pub fn sessions_table(
     }
     let body = rows
         .iter()
-        .cloned()
         .map(|s| {
             let state = if s.active {
                 view! { <span class="badge ok">"active"</span> }.into_any()

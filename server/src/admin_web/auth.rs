@@ -410,9 +410,7 @@ fn verify_id_token(state: &AppState, id_token: &str, nonce: &str) -> Result<(), 
             state.config.retired_key_retention(),
         )
         .map_err(|_| sign_in_again("The ID token's signature does not verify."))?;
-    let aud_ok = claims
-        .audience()
-        .is_some_and(|a| a.iter().any(|x| *x == CLIENT_ID));
+    let aud_ok = claims.audience().is_some_and(|a| a.contains(&CLIENT_ID));
     let nonce_ok = claims
         .claim("nonce")
         .and_then(|v| v.as_str())

@@ -136,7 +136,7 @@ fn html_response(status: StatusCode, body: String) -> Response {
 /// A page answer for anything that went wrong: the error's own sentence,
 /// the right status, and a way on. Internal errors are logged, not shown.
 #[derive(Debug)]
-pub struct Page(Response);
+pub struct Page(Box<Response>);
 
 impl Page {
     fn message(
@@ -146,10 +146,10 @@ impl Page {
         message: &str,
         link: Option<(&str, &str)>,
     ) -> Page {
-        Page(html_response(
+        Page(Box::new(html_response(
             status,
             admin_ui::message_page(layout, title, message, link),
-        ))
+        )))
     }
 
     fn error(layout: Option<&admin_ui::model::Layout>, e: AppError) -> Page {
@@ -201,7 +201,7 @@ impl Page {
 
 impl IntoResponse for Page {
     fn into_response(self) -> Response {
-        self.0
+        *self.0
     }
 }
 

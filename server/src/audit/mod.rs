@@ -316,7 +316,7 @@ fn exact_or_prefix(value: &Option<String>, sep: char) -> (Option<String>, Option
     match value.as_deref() {
         None | Some("") => (None, None),
         Some(v) => match v.strip_suffix('*') {
-            Some(p) if p.is_empty() => (None, None),
+            Some("") => (None, None),
             Some(p) => (None, Some(p.to_string())),
             None if v.ends_with(sep) => (None, Some(v.to_string())),
             None => (Some(v.to_string()), None),

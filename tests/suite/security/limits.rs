@@ -404,6 +404,15 @@ async fn introspect(oidc: &Oidc, http: &reqwest::Client, auth: &ClientAuth, toke
 
 /// `portcullis_rate_limited_total{class}` from /metrics.
 async fn limited_total(oidc: &Oidc, class: &str) -> u64 {
+    metric(
+        oidc,
+        &format!("portcullis_rate_limited_total{{class=\"{class}\"}}"),
+    )
+    .await
+}
+
+/// A sample of /metrics by its name and labels.
+async fn metric(oidc: &Oidc, sample: &str) -> u64 {
     let text = oidc
         .http
         .get(oidc.url("/metrics"))
@@ -413,7 +422,7 @@ async fn limited_total(oidc: &Oidc, class: &str) -> u64 {
         .text()
         .await
         .unwrap();
-    let prefix = format!("portcullis_rate_limited_total{{class=\"{class}\"}} ");
+    let prefix = format!("{sample} ");
     text.lines()
         .find_map(|l| l.strip_prefix(&prefix))
         .unwrap_or_else(|| panic!("no {prefix} in /metrics:\n{text}"))
@@ -947,6 +956,8 @@ async fn login_lockout_grows_exponentially_survives_restart_and_looks_like_a_wro
     assert_eq!((n, lock), (5, 60), "the first ghost attempt counted too");
     let audits = lockout_audits(&oidc).await;
     assert_eq!(audits.last().unwrap().1, "username:ghost");
+    // Locks since the restart: alice twice, ghost once.
+    assert_eq!(metric(&oidc, "portcullis_lockouts_total").await, 3);
 }
 
 async fn code_lockout_is_the_same_exponential_lockout_and_is_audited(backend: Backend) {
