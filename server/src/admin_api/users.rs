@@ -183,6 +183,11 @@ pub async fn set_locked(
     if !ended.is_empty() {
         end::after_end(state);
     }
+    if !locked {
+        // Unlocking after an identity check also lifts a brute-force
+        // lockout of the sign-in (as Keycloak's "unlock user" does).
+        crate::security::lockout::clear(state, &format!("login:{name}")).await?;
+    }
     summary_by_id(state, &after.id).await
 }
 

@@ -332,6 +332,19 @@ impl FromRequestParts<AppState> for StaffSession {
             .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
             .map(|c| c.0.ip().to_string());
         let request_id = parts.extensions.get::<RequestId>().map(|r| r.0.clone());
+        // The same per-staff-member budget as bearer calls to the admin API.
+        if let Err(l) = state.limiter.hit(
+            crate::security::limits::Rule::AdminPerUser,
+            &row.user_id,
+            state.clock.now_ms(),
+        ) {
+            return Err(crate::security::limits::refused(
+                state,
+                l,
+                parts.uri.path(),
+                &parts.headers,
+            ));
+        }
         let staff = match Staff::from_access_token(state, &record, request_id, ip).await {
             Ok(s) => s,
             Err(AppError::Unauthorized) => return Err(sign_in(parts)),

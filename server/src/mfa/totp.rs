@@ -130,26 +130,41 @@ pub async fn confirm(
     .await
 }
 
-/// Runs a code check under the user's lockout counter.
+/// Runs a code check under the user's lockout counter. The attempt is
+/// counted before the code is checked, so guesses sent in parallel cannot
+/// get past the threshold before any of them is recorded as failed.
 pub async fn guarded(
     state: &AppState,
     user_id: &str,
     check: impl std::future::Future<Output = Result<(), MfaError>>,
 ) -> Result<(), MfaError> {
+    use crate::security::lockout::{self, Admission, Policy};
     let subject = format!("mfa:{user_id}");
-    if let Err(secs) = super::lockout::check(state, &subject).await? {
-        return Err(MfaError::LockedOut(secs));
-    }
+    let attempt = match lockout::admit(state, &Policy::codes(state), &subject).await? {
+        Admission::Locked { retry_after } => return Err(MfaError::LockedOut(retry_after)),
+        Admission::Admitted(attempt) => attempt,
+    };
     match check.await {
         Ok(()) => {
-            super::lockout::succeed(state, &subject).await?;
+            lockout::clear(state, &subject).await?;
             Ok(())
         }
-        Err(MfaError::InvalidCode) => match super::lockout::fail(state, &subject).await? {
-            Some(secs) => Err(MfaError::LockedOut(secs)),
-            None => Err(MfaError::InvalidCode),
-        },
-        Err(e) => Err(e),
+        Err(MfaError::InvalidCode) => {
+            let ctx = lockout::context(None, None);
+            match attempt
+                .failed(state, &format!("user:{user_id}"), &ctx)
+                .await?
+            {
+                Some(secs) => Err(MfaError::LockedOut(secs)),
+                None => Err(MfaError::InvalidCode),
+            }
+        }
+        Err(e) => {
+            // Not a wrong code (e.g. a replayed one, a store error): the
+            // attempt's provisional count stays, as for a wrong code, but no
+            // lock is confirmed beyond what admit set.
+            Err(e)
+        }
     }
 }
 
