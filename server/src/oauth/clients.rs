@@ -355,8 +355,34 @@ pub async fn register_as(
     event: AuditEvent,
 ) -> Result<(Client, Option<ClientSecret>), ClientError> {
     let (client, secret) = build(new, clock.now())?;
+    insert_audited(store, clock, ctx, &client, event).await?;
+    Ok((client, secret))
+}
+
+/// Registers a client whose secret the server itself holds (the admin UI's
+/// own client): the caller supplies the secret's SHA-256.
+pub async fn register_with_secret(
+    store: &Store,
+    clock: &dyn Clock,
+    ctx: &AuditContext,
+    new: NewClient,
+    secret_hash: &str,
+) -> Result<Client, ClientError> {
+    let (mut client, _) = build(new, clock.now())?;
+    client.secret_hash = Some(secret_hash.to_string());
+    insert_audited(store, clock, ctx, &client, AuditEvent::new("client.create", "")).await?;
+    Ok(client)
+}
+
+async fn insert_audited(
+    store: &Store,
+    clock: &dyn Clock,
+    ctx: &AuditContext,
+    client: &Client,
+    event: AuditEvent,
+) -> Result<(), ClientError> {
     let mut tx = store.begin().await?;
-    match crate::store::clients::insert(&mut tx, &client).await {
+    match crate::store::clients::insert(&mut tx, client).await {
         Err(StoreError::Conflict("client id")) => {
             return Err(ClientError::AlreadyExists(client.id.clone()));
         }
@@ -375,38 +401,7 @@ pub async fn register_as(
     )
     .await?;
     tx.commit().await.map_err(StoreError::from)?;
-    Ok((client, secret))
-}
-
-/// Registers a client whose secret the server itself holds (the admin UI's
-/// own client): the caller supplies the secret's SHA-256.
-pub async fn register_with_secret(
-    store: &Store,
-    clock: &dyn Clock,
-    ctx: &AuditContext,
-    new: NewClient,
-    secret_hash: &str,
-) -> Result<Client, ClientError> {
-    let (mut client, _) = build(new, clock.now())?;
-    client.secret_hash = Some(secret_hash.to_string());
-    let mut tx = store.begin().await?;
-    match crate::store::clients::insert(&mut tx, &client).await {
-        Err(StoreError::Conflict("client id")) => {
-            return Err(ClientError::AlreadyExists(client.id.clone()));
-        }
-        other => other?,
-    }
-    audit::record(
-        store,
-        &mut tx,
-        clock.now_ms(),
-        ctx,
-        AuditEvent::new("client.create", format!("client:{}", client.id))
-            .after(client.audit_view()),
-    )
-    .await?;
-    tx.commit().await.map_err(StoreError::from)?;
-    Ok(client)
+    Ok(())
 }
 
 pub async fn find(store: &Store, id: &str) -> Result<Client, ClientError> {
