@@ -116,7 +116,15 @@ async fn staff_work_in_the_admin_ui_through_a_real_browser(backend: Backend) {
     let (carol_sid2, carol_token2) = customer_session(&oidc, &shop, "carol").await;
     assert!(active(&oidc, &gw, &carol_token).await);
 
-    let screenshots = repo_root().join("docs/screenshots");
+    // Screenshots go to a scratch directory unless
+    // PORTCULLIS_TEST_SCREENSHOTS names one (the README's pictures come from
+    // `PORTCULLIS_TEST_SCREENSHOTS=docs/screenshots`), so a test run does
+    // not rewrite tracked files.
+    let scratch = tempfile::tempdir().unwrap();
+    let screenshots = match std::env::var("PORTCULLIS_TEST_SCREENSHOTS") {
+        Ok(dir) if !dir.is_empty() => repo_root().join(dir),
+        _ => scratch.path().to_path_buf(),
+    };
     std::fs::create_dir_all(&screenshots).unwrap();
     let input = json!({
         "admin": oidc.server.admin,
@@ -195,6 +203,24 @@ async fn staff_work_in_the_admin_ui_through_a_real_browser(backend: Backend) {
     assert_eq!(status, 400, "{body}");
     assert_eq!(body["error"], "unauthorized_client", "{body}");
 
+    if !postgres {
+        for page in [
+            "home",
+            "sessions",
+            "audit",
+            "refund-requested",
+            "refund-step-up",
+            "refund-approved",
+            "user",
+            "client-registered",
+        ] {
+            let shot = screenshots.join(format!("{page}.png"));
+            assert!(
+                std::fs::metadata(&shot).is_ok_and(|m| m.len() > 10_000),
+                "screenshot {shot:?}"
+            );
+        }
+    }
     let verify = oidc.env.cli(&["audit", "verify"]).await;
     verify.assert_ok();
     oidc.server.stop().await;

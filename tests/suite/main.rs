@@ -10,6 +10,7 @@ mod support;
 
 mod admin_api;
 mod admin_ui;
+mod admin_ui_forms;
 mod foundation;
 mod gateway;
 mod mfa;
