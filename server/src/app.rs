@@ -148,11 +148,17 @@ pub fn public_router(state: AppState) -> Router {
             state.clone(),
             crate::security::limits::public_layer,
         ))
-        .layer(middleware::from_fn(crate::web::security_headers))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             crate::security::spikes::observe,
         ))
+        // Size and parameter checks before anything reads the body; the
+        // security headers outside them, so every answer carries them.
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            crate::security::hardening::public_guard,
+        ))
+        .layer(middleware::from_fn(crate::web::security_headers))
         .layer(middleware::from_fn_with_state(
             (state.clone(), Listener::Public),
             request_context,
@@ -179,6 +185,10 @@ pub fn admin_router(state: AppState) -> Router {
         .layer(middleware::from_fn_with_state(
             state.clone(),
             crate::security::limits::admin_layer,
+        ))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            crate::security::hardening::admin_guard,
         ))
         .layer(middleware::from_fn(crate::web::security_headers))
         .layer(middleware::from_fn_with_state(
@@ -215,6 +225,11 @@ async fn request_context(
         .and_then(acceptable_request_id)
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     req.extensions_mut().insert(RequestId(id.clone()));
+    // Handlers that read the header see the id in force, never a refused
+    // or missing one.
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        req.headers_mut().insert(REQUEST_ID.clone(), value);
+    }
     let span = tracing::info_span!("request", request_id = %id, method = %req.method(), path = %req.uri().path());
     let mut resp = next.run(req).instrument(span).await;
     state
@@ -272,20 +287,22 @@ pub async fn serve(
             state.introspection_cache.clone(),
         ))
     });
-    let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|stop| *stop).await;
-    };
-    let public = axum::serve(
+    // hyper's HTTP/1.1 server rather than `axum::serve`, which cannot limit
+    // request heads or time out slow clients (`security::hardening`).
+    let limits = state.config.limits.clone();
+    let public = crate::security::hardening::serve_listener(
         bound.public,
-        public_router(state.clone()).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(wait(rx.clone()));
-    let admin = axum::serve(
+        public_router(state.clone()),
+        limits.clone(),
+        rx.clone(),
+    );
+    let admin = crate::security::hardening::serve_listener(
         bound.admin,
-        admin_router(state.clone()).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(wait(rx));
-    let result = tokio::try_join!(public.into_future(), admin.into_future());
+        admin_router(state.clone()),
+        limits,
+        rx,
+    );
+    let result = tokio::try_join!(public, admin);
     reload.abort();
     outbox.abort();
     sweeper.abort();

@@ -23,6 +23,7 @@ pub struct Config {
     pub webhooks: WebhooksConfig,
     pub alerts: AlertsConfig,
     pub rate_limits: RateLimitsConfig,
+    pub limits: LimitsConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -197,6 +198,12 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("rate_limits.code_lockout_base", "30s"),
     ("rate_limits.code_lockout_max", "1h"),
     ("rate_limits.lockout_reset", "24h"),
+    ("limits.max_body_bytes", "65536"),
+    ("limits.max_header_bytes", "16384"),
+    ("limits.max_headers", "64"),
+    ("limits.max_field_bytes", "8192"),
+    ("limits.header_read_timeout", "10s"),
+    ("limits.request_timeout", "30s"),
 ];
 
 const SECTIONS: &[&str] = &[
@@ -213,6 +220,7 @@ const SECTIONS: &[&str] = &[
     "webhooks",
     "alerts",
     "rate_limits",
+    "limits",
 ];
 
 impl Config {
@@ -371,6 +379,7 @@ impl Config {
             webhooks: parse_webhooks(v)?,
             alerts: parse_alerts(v)?,
             rate_limits: parse_rate_limits(v)?,
+            limits: parse_limits(v)?,
         })
     }
 
@@ -1002,4 +1011,45 @@ fn parse_rate(key: &str, value: &str) -> Result<Option<Rate>, ConfigError> {
         }
         _ => Err(invalid(key, value, expected)),
     }
+}
+
+/// `[limits]`: request size limits and slow-client timeouts
+/// (`security::hardening`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LimitsConfig {
+    /// Largest request body; a larger one is refused with 413.
+    pub max_body_bytes: usize,
+    /// Largest request head (request line and headers); larger: 431.
+    pub max_header_bytes: usize,
+    /// Most header fields in one request; more: 431.
+    pub max_headers: usize,
+    /// Longest decoded query or form parameter (name or value); longer: 400.
+    pub max_field_bytes: usize,
+    /// A client must send its whole request head within this time, or the
+    /// connection is closed (slowloris); also how long an idle keep-alive
+    /// connection is kept.
+    pub header_read_timeout: Duration,
+    /// Reading the body and answering must finish within this time (408).
+    pub request_timeout: Duration,
+}
+
+fn parse_limits(v: &BTreeMap<String, String>) -> Result<LimitsConfig, ConfigError> {
+    let get = |key: &str| v.get(key).map(String::as_str).unwrap_or("").trim();
+    let num = |key: &str, min: usize, max: usize| parse_num(key, get(key), min, max);
+    let max_header_bytes = num("limits.max_header_bytes", 8192, 1024 * 1024)?;
+    let max_field_bytes = num("limits.max_field_bytes", 256, 1024 * 1024)?;
+    Ok(LimitsConfig {
+        max_body_bytes: num("limits.max_body_bytes", 1024, 64 * 1024 * 1024)?,
+        max_header_bytes,
+        max_headers: num("limits.max_headers", 16, 1000)?,
+        max_field_bytes,
+        header_read_timeout: parse_key_duration(
+            "limits.header_read_timeout",
+            get("limits.header_read_timeout"),
+        )?,
+        request_timeout: parse_key_duration(
+            "limits.request_timeout",
+            get("limits.request_timeout"),
+        )?,
+    })
 }

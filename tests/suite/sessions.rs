@@ -1045,6 +1045,14 @@ async fn ending_one_session_kills_its_tokens_at_once(backend: Backend) {
     // End the phone (CSRF in the header): its tokens die at once.
     let r = laptop.post_json(&phone_end, Some(&csrf), &[]).await;
     assert_eq!(r.status, 200, "{}", r.body);
+    // No x-request-id was sent: the audit row carries the one we answered with.
+    let phone_request_id = r
+        .headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    assert!(!phone_request_id.is_empty());
     assert_tokens_dead(&oidc, &gw, &shop, &t_phone, "ended phone session").await;
     assert_eq!(phone.sessions().await.0, 401, "the phone's cookie is dead");
     // The rest are untouched.
@@ -1089,6 +1097,10 @@ async fn ending_one_session_kills_its_tokens_at_once(backend: Backend) {
         assert_eq!(found[0]["before"]["session"]["state"], "active");
         assert_eq!(found[0]["after"]["state"], "ended");
     }
+    assert_eq!(
+        audit_for(&rows, "session.end", &phone_sid)[0]["request_id"],
+        phone_request_id.as_str()
+    );
     assert!(audit_for(&rows, "session.end", &bob_sid).is_empty());
 
     // Ending this device's own session signs it out (cookie cleared).

@@ -390,6 +390,15 @@ impl Server {
         self.stderr_text.lock().unwrap().clone()
     }
 
+    /// SIGKILL (no draining, no clean-up), then reap the process. The data
+    /// directory and database stay, so `serve` restarts on the same data.
+    /// Returns the exit status if the process had already exited by itself.
+    pub async fn kill(&mut self) -> Option<std::process::ExitStatus> {
+        let exited = self.child.try_wait().ok().flatten();
+        let _ = self.child.kill().await;
+        exited
+    }
+
     /// SIGTERM, then wait for a clean exit.
     pub async fn stop(mut self) -> i32 {
         if let Some(pid) = self.child.id() {

@@ -370,7 +370,14 @@ pub async fn register_with_secret(
 ) -> Result<Client, ClientError> {
     let (mut client, _) = build(new, clock.now())?;
     client.secret_hash = Some(secret_hash.to_string());
-    insert_audited(store, clock, ctx, &client, AuditEvent::new("client.create", "")).await?;
+    insert_audited(
+        store,
+        clock,
+        ctx,
+        &client,
+        AuditEvent::new("client.create", ""),
+    )
+    .await?;
     Ok(client)
 }
 

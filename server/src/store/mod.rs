@@ -94,12 +94,57 @@ impl From<sqlx::Error> for StoreError {
                 }
                 StoreError::Conflict("key")
             }
-            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
+            sqlx::Error::Database(db) if unavailable_code(db.code().as_deref()) => {
                 StoreError::Unavailable(err.to_string())
             }
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::WorkerCrashed => StoreError::Unavailable(err.to_string()),
             _ => StoreError::Database(err),
         }
     }
+}
+
+/// Database error codes that mean "the database cannot serve us right now"
+/// rather than "this statement is wrong": answered 503, never 500, and never
+/// taken as a negative answer (a revoked token stays revoked).
+///
+/// PostgreSQL SQLSTATEs: class 08 (connection exception), 53 (insufficient
+/// resources, e.g. too many connections, disk full), 57P01-57P05 (server
+/// shutting down, restarting, starting up, idle session killed), 3D000 (the
+/// database is gone), 55000 (`ALLOW_CONNECTIONS false`: "database is not
+/// currently accepting connections"), 28000/28P01 (our role lost its login),
+/// 40001/40P01 (serialization failure, deadlock: try again). SQLite primary
+/// result codes (extended codes carry them in the low byte): BUSY (5),
+/// LOCKED (6), IOERR (10), FULL (13), CANTOPEN (14).
+fn unavailable_code(code: Option<&str>) -> bool {
+    let Some(code) = code else {
+        return false;
+    };
+    // A SQLSTATE is always five characters; SQLite codes are at most four digits.
+    if code.len() < 5 {
+        return code
+            .parse::<i32>()
+            .is_ok_and(|sqlite| matches!(sqlite & 0xff, 5 | 6 | 10 | 13 | 14));
+    }
+    code.starts_with("08")
+        || code.starts_with("53")
+        || matches!(
+            code,
+            "57P01"
+                | "57P02"
+                | "57P03"
+                | "57P04"
+                | "57P05"
+                | "3D000"
+                | "55000"
+                | "28000"
+                | "28P01"
+                | "40001"
+                | "40P01"
+        )
 }
 
 impl StoreError {

@@ -19,6 +19,33 @@ use crate::store::{StoreResult, Tx};
 pub const ACCESS_PREFIX: &str = "pct_at_";
 pub const REFRESH_PREFIX: &str = "pct_rt_";
 
+/// The kind of opaque token a presented string has the shape of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpaqueKind {
+    Access,
+    Refresh,
+}
+
+/// What `presented` could be, from its shape alone: one of our prefixes
+/// followed by exactly 43 base64url characters (256 bits, as
+/// [`crypto::random_secret`] makes them). Anything else is no token of ours
+/// and is never hashed or looked up. Pure and total (fuzzed by
+/// `fuzz/fuzz_targets/token_parser.rs`).
+pub fn opaque_kind(presented: &str) -> Option<OpaqueKind> {
+    let (kind, body) = if let Some(body) = presented.strip_prefix(ACCESS_PREFIX) {
+        (OpaqueKind::Access, body)
+    } else if let Some(body) = presented.strip_prefix(REFRESH_PREFIX) {
+        (OpaqueKind::Refresh, body)
+    } else {
+        return None;
+    };
+    let shaped = body.len() == 43
+        && body
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    shaped.then_some(kind)
+}
+
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct AccessTokenRecord {
     pub id: String,
@@ -231,7 +258,7 @@ pub async fn active_access_token(
     state: &AppState,
     token: &str,
 ) -> StoreResult<Option<AccessTokenRecord>> {
-    if !token.starts_with(ACCESS_PREFIX) || token.len() > 100 {
+    if opaque_kind(token) != Some(OpaqueKind::Access) {
         return Ok(None);
     }
     active_access_token_by_hash(state, crypto::sha256_hex(token)).await

@@ -21,14 +21,11 @@ pub struct Params {
 impl Params {
     pub fn parse(input: &[u8]) -> Result<Params, FormError> {
         let mut params = Params::default();
+        // `form_urlencoded::parse` decodes lossily: check every name and
+        // value for invalid UTF-8 (and NUL) first, one by one.
+        crate::security::hardening::check_params(input, usize::MAX, true)
+            .map_err(|_| FormError::Malformed)?;
         for (k, v) in form_urlencoded::parse(input) {
-            // `parse` decodes lossily: a replacement character that was not
-            // literally in the input means invalid UTF-8.
-            if (k.contains('\u{FFFD}') || v.contains('\u{FFFD}'))
-                && !String::from_utf8_lossy(input).contains('\u{FFFD}')
-            {
-                return Err(FormError::Malformed);
-            }
             if k.contains('\0') || v.contains('\0') {
                 return Err(FormError::Malformed);
             }
