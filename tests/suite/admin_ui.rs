@@ -77,7 +77,27 @@ async fn active(oidc: &Oidc, gw: &Client, token: &str) -> bool {
     v["active"] == true
 }
 
+/// Chromium and the npm packages are there; otherwise a notice (an error
+/// under `CI`, where `.ci/run` installs both).
+fn browser_available() -> bool {
+    let chromium = std::env::var("PC_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    let modules = repo_root().join("tests/browser/node_modules/playwright-core");
+    let missing = match (std::path::Path::new(&chromium).exists(), modules.exists()) {
+        (true, true) => return true,
+        (false, _) => format!("{chromium} (apt-get install chromium)"),
+        (true, false) => "tests/browser/node_modules (npm ci --prefix tests/browser)".to_string(),
+    };
+    if std::env::var_os("CI").is_some() {
+        panic!("CI is set but the browser test cannot run: missing {missing}");
+    }
+    eprintln!("skipped: the admin UI browser test needs {missing}");
+    false
+}
+
 async fn staff_work_in_the_admin_ui_through_a_real_browser(backend: Backend) {
+    if !browser_available() {
+        return;
+    }
     let step_up = format!("{STEP_UP_SECS}s");
     let postgres = backend.is_postgres();
     let oidc = Oidc::start_with(backend, &[("PORTCULLIS_MFA_STEP_UP_MAX_AGE", &step_up)]).await;
@@ -138,12 +158,6 @@ async fn staff_work_in_the_admin_ui_through_a_real_browser(backend: Backend) {
         "screenshots": if postgres { Value::Null } else { json!(screenshots) },
     });
     let script = repo_root().join("tests/browser/admin_ui.mjs");
-    assert!(
-        repo_root()
-            .join("tests/browser/node_modules/playwright-core")
-            .exists(),
-        "browser test dependencies missing: run `npm ci --prefix tests/browser` (and `apt-get install chromium`); .ci/run does both"
-    );
     let out = tokio::process::Command::new("node")
         .arg(&script)
         .env("PC_BROWSER_INPUT", input.to_string())
