@@ -241,6 +241,26 @@ impl Refusal {
     }
 }
 
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            let v = v.trim_start().to_ascii_lowercase();
+            v.starts_with("application/json")
+                || v.split(';').next().is_some_and(|t| t.ends_with("+json"))
+        })
+}
+
+/// A NUL in a JSON body, raw or escaped (`\u0000`): PostgreSQL cannot
+/// store it in TEXT and no field of ours needs it.
+fn json_has_nul(body: &[u8]) -> bool {
+    body.contains(&0)
+        || body.windows(6).any(|w| {
+            w[0] == b'\\' && (w[1] == b'u' || w[1] == b'U') && w[2..].eq_ignore_ascii_case(b"0000")
+        })
+}
+
 fn is_form(headers: &HeaderMap) -> bool {
     headers
         .get(header::CONTENT_TYPE)
@@ -295,6 +315,8 @@ async fn admit(
             matches!(listener, Listener::Admin),
         )
         .map_err(Refusal::Param)?;
+    } else if is_json(&parts.headers) && json_has_nul(&bytes) {
+        return Err(Refusal::Param(ParamError::Nul));
     }
     Ok(next
         .run(Request::from_parts(parts, Body::from(bytes)))

@@ -347,6 +347,23 @@ async fn oversized_and_malformed_requests_are_refused(backend: Backend) {
         .await
         .unwrap();
     assert_ne!(resp.status(), 413, "a body at the limit is read");
+    // A NUL inside a JSON body (escaped or raw) is refused before any
+    // handler or database sees it.
+    for body in [
+        &br#"{"reason": "a\u0000b"}"#[..],
+        &b"{\"reason\": \"a\x00b\"}"[..],
+    ] {
+        let resp = oidc
+            .http
+            .post(oidc.server.admin_url("/admin/api/users/x/lock"))
+            .bearer_auth("pct_at_x")
+            .header("content-type", "application/json")
+            .body(body.to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 400, "NUL in JSON");
+    }
 
     // 431: a request head over limits.max_header_bytes (sent without its
     // end, so the server reads all of it before answering) ...
