@@ -20,8 +20,21 @@ use crate::keys::{self, KeyRing};
 use crate::store::{PoolSettings, Store};
 use crate::telemetry::metrics::{Listener, Metrics};
 
+/// Shared by every request; one `Arc` so that each middleware layer's
+/// clone of the state is one reference count, not one per field.
 #[derive(Clone, Debug)]
-pub struct AppState {
+pub struct AppState(Arc<AppStateInner>);
+
+impl std::ops::Deref for AppState {
+    type Target = AppStateInner;
+
+    fn deref(&self) -> &AppStateInner {
+        &self.0
+    }
+}
+
+#[derive(Debug)]
+pub struct AppStateInner {
     pub config: Arc<Config>,
     pub store: Store,
     pub clock: SharedClock,
@@ -108,7 +121,7 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Startup, Startu
         .user_agent(concat!("portcullis/", env!("CARGO_PKG_VERSION")))
         .build()
         .unwrap_or_default();
-    let state = AppState {
+    let state = AppState(Arc::new(AppStateInner {
         limiter: Arc::new(crate::security::limits::RateLimiter::new(
             &config.rate_limits,
         )),
@@ -123,7 +136,7 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Startup, Startu
         clock,
         metrics: Arc::new(Metrics::default()),
         error_spikes: Arc::default(),
-    };
+    }));
     Ok(Startup {
         state,
         generated_keys: loaded.generated,
