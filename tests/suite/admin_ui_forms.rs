@@ -50,6 +50,7 @@ backend_tests!(
     auditor_exports_filtered_rows,
     audit_page_verifies_the_chain_and_detects_tampering,
     sign_out_ends_the_ui_and_the_sign_in_session,
+    stale_second_factor_gets_a_step_up_prompt_back_to_the_section,
 );
 
 /// The admin UI's own client, registered by the server at start-up.
@@ -1815,4 +1816,34 @@ async fn sign_out_ends_the_ui_and_the_sign_in_session(backend: Backend) {
         first.location()
     );
     oidc.server.stop().await;
+}
+
+/// With a second factor older than `mfa.step_up_max_age`, terminating a
+/// session is refused with a 401 page whose step-up link comes back to the
+/// sessions page; nothing ends.
+async fn stale_second_factor_gets_a_step_up_prompt_back_to_the_section(backend: Backend) {
+    let oidc = Oidc::start_with(backend, &[("PORTCULLIS_MFA_STEP_UP_MAX_AGE", "1s")]).await;
+    let secret = staff_member(&oidc, "sue", &["support"]).await;
+    oidc.user("carol").await;
+    let shop = oidc.code_client("shop", "openid", &[]).await;
+    let gw = gateway(&oidc).await;
+    let (sid, token) = customer_session(&oidc, &shop, "carol").await;
+    let ui = sign_in(&oidc, "sue", &secret).await;
+    // Let the sign-in's second factor age past the one-second window.
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    let page = ui
+        .post(
+            &format!("/sessions/{sid}/terminate"),
+            &[("reason", "stolen phone"), ("return_to", "/sessions")],
+        )
+        .await;
+    assert_eq!(page.status, 401, "{}", page.body);
+    assert!(page.body.contains("Confirm it is you"), "{}", page.body);
+    assert!(
+        page.body
+            .contains("/auth/login?step_up=1&amp;return_to=%2Fsessions"),
+        "{}",
+        page.body
+    );
+    assert!(active(&oidc, &gw, &token).await, "nothing ended");
 }

@@ -28,6 +28,7 @@ use crate::crypto;
 use crate::error::AppError;
 use crate::web::cookies::CookiePolicy;
 use crate::web::form::Params;
+use admin_ui::model::Nav;
 
 /// The admin UI's own OAuth client, registered on start-up.
 pub const CLIENT_ID: &str = "portcullis-admin-ui";
@@ -173,7 +174,18 @@ impl Page {
                 StatusCode::UNAUTHORIZED,
                 "Confirm it is you",
                 message.clone(),
-                Some(("/auth/login?step_up=1", "Confirm with your second factor")),
+                // Back to the section the action came from afterwards.
+                Some((
+                    match layout.map(|l| l.nav) {
+                        Some(Nav::Sessions) => "/auth/login?step_up=1&return_to=%2Fsessions",
+                        Some(Nav::Users) => "/auth/login?step_up=1&return_to=%2Fusers",
+                        Some(Nav::Clients) => "/auth/login?step_up=1&return_to=%2Fclients",
+                        Some(Nav::Refunds) => "/auth/login?step_up=1&return_to=%2Frefunds",
+                        Some(Nav::Audit) => "/auth/login?step_up=1&return_to=%2Faudit",
+                        Some(Nav::Home) | None => "/auth/login?step_up=1",
+                    },
+                    "Confirm with your second factor",
+                )),
             ),
             AppError::Unavailable => (
                 StatusCode::SERVICE_UNAVAILABLE,
