@@ -156,6 +156,7 @@ pub struct RefundRow {
     pub id: String,
     pub status: String,
     pub payment_id: String,
+    /// With its currency, e.g. `250.00 EUR (25000 minor units)`.
     pub amount: String,
     pub currency: String,
     pub reason: String,

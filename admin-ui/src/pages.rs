@@ -364,7 +364,7 @@ fn refunds_table(rows: &[RefundRow], message: &'static str) -> AnyView {
             view! {
                 <tr data-refund=r.id.clone()>
                     <td><a href=href>{r.payment_id.clone()}</a></td>
-                    <td class="num">{r.amount.clone()}" "{r.currency.clone()}</td>
+                    <td class="num">{r.amount.clone()}</td>
                     <td><span class=status_class>{r.status.clone()}</span></td>
                     <td>{r.requested_by.clone()}</td>
                     <td>{dash(&r.decided_by)}</td>
@@ -500,7 +500,7 @@ pub fn refund_page(layout: &Layout, v: RefundDetailView) -> String {
             <dt>"Refund"</dt><dd><code>{r.id.clone()}</code></dd>
             <dt>"Status"</dt><dd><span class=status_class id="refund-status">{r.status.clone()}</span></dd>
             <dt>"Payment"</dt><dd>{r.payment_id.clone()}</dd>
-            <dt>"Amount"</dt><dd>{r.amount.clone()}" "{r.currency.clone()}</dd>
+            <dt>"Amount"</dt><dd id="amount">{r.amount.clone()}</dd>
             <dt>"Reason"</dt><dd>{dash(&r.reason)}</dd>
             <dt>"Ticket"</dt><dd>{dash(&r.ticket_id)}</dd>
             <dt>"Requested by"</dt><dd id="requested-by">{r.requested_by.clone()}</dd>

@@ -155,6 +155,7 @@ try {
   assert.equal((await b.page.textContent('#refund-status')).trim(), 'approved');
   assert.equal((await b.page.textContent('#requested-by')).trim(), 'ann');
   assert.equal((await b.page.textContent('#approved-by')).trim(), 'ben');
+  assert.equal((await b.page.textContent('#amount')).trim(), '250.00 EUR (25000 minor units)');
   result.approval_token = (await b.page.textContent('.secret-value')).trim();
   await shot(b.page, 'refund-approved');
 

@@ -1462,3 +1462,18 @@ async fn pyjwt_verify(oidc: &Oidc, token: &str, typ: &str, aud: &str) -> Option<
     );
     Some(serde_json::from_slice(&out.stdout).unwrap())
 }
+
+/// What the admin UI shows for an amount: major units by the currency's
+/// ISO 4217 digits, computed with integers, plus the stored minor units.
+#[test]
+fn amounts_are_shown_in_major_units_without_floats() {
+    use portcullis::refunds::amount_text;
+    assert_eq!(amount_text(25000, "EUR"), "250.00 EUR (25000 minor units)");
+    assert_eq!(amount_text(5, "EUR"), "0.05 EUR (5 minor units)");
+    assert_eq!(amount_text(1500, "JPY"), "1500 JPY (minor units)");
+    assert_eq!(amount_text(1234, "KWD"), "1.234 KWD (1234 minor units)");
+    assert_eq!(
+        amount_text(i64::MAX, "EUR"),
+        "92233720368547758.07 EUR (9223372036854775807 minor units)"
+    );
+}

@@ -371,7 +371,7 @@ pub(super) async fn refund_row(state: &AppState, r: &crate::refunds::Refund) -> 
         id: r.id.clone(),
         status: r.status.as_str().to_string(),
         payment_id: r.payment_id.clone(),
-        amount: r.amount_minor.to_string(),
+        amount: crate::refunds::amount_text(r.amount_minor, &r.currency),
         currency: r.currency.clone(),
         reason: r.reason.clone(),
         ticket_id: r.ticket_id.clone().unwrap_or_default(),

@@ -826,3 +826,33 @@ pub async fn expire_periodically(state: AppState) {
         }
     }
 }
+
+/// ISO 4217 minor-unit digits (2 unless listed).
+fn minor_digits(currency: &str) -> u32 {
+    match currency {
+        "BIF" | "CLP" | "DJF" | "GNF" | "ISK" | "JPY" | "KMF" | "KRW" | "PYG" | "RWF" | "UGX"
+        | "UYI" | "VND" | "VUV" | "XAF" | "XOF" | "XPF" => 0,
+        "BHD" | "IQD" | "JOD" | "KWD" | "LYD" | "OMR" | "TND" => 3,
+        "CLF" | "UYW" => 4,
+        _ => 2,
+    }
+}
+
+/// `250.00 EUR (25000 minor units)`: integer arithmetic only, so what
+/// staff read is exactly what is stored.
+pub fn amount_text(amount_minor: i64, currency: &str) -> String {
+    let digits = minor_digits(currency);
+    if digits == 0 {
+        return format!("{amount_minor} {currency} (minor units)");
+    }
+    let scale = 10_i64.pow(digits);
+    let sign = if amount_minor < 0 { "-" } else { "" };
+    let abs = amount_minor.unsigned_abs();
+    let scale = scale.unsigned_abs();
+    format!(
+        "{sign}{}.{:0width$} {currency} ({amount_minor} minor units)",
+        abs / scale,
+        abs % scale,
+        width = digits as usize
+    )
+}
