@@ -114,10 +114,7 @@ impl FromRequestParts<AppState> for Staff {
         let record = crate::tokens::active_access_token(state, token.trim())
             .await?
             .ok_or(AppError::Unauthorized)?;
-        let ip = parts
-            .extensions
-            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-            .map(|c| c.0.ip().to_string());
+        let ip = crate::web::client_ip(&parts.extensions);
         let request_id = parts.extensions.get::<RequestId>().map(|r| r.0.clone());
         Staff::from_access_token(state, &record, request_id, ip).await
     }

@@ -362,10 +362,7 @@ impl FromRequestParts<AppState> for PaymentsService {
         Ok(PaymentsService {
             client_id: record.client_id,
             request_id: parts.extensions.get::<RequestId>().map(|r| r.0.clone()),
-            ip: parts
-                .extensions
-                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-                .map(|c| c.0.ip().to_string()),
+            ip: crate::web::client_ip(&parts.extensions),
         })
     }
 }

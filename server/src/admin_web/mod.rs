@@ -339,10 +339,7 @@ impl FromRequestParts<AppState> for StaffSession {
             let _ = crate::store::admin_ui::delete_session(&state.store, &id_hash).await;
             return Err(sign_in(parts));
         };
-        let ip = parts
-            .extensions
-            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-            .map(|c| c.0.ip().to_string());
+        let ip = crate::web::client_ip(&parts.extensions);
         let request_id = parts.extensions.get::<RequestId>().map(|r| r.0.clone());
         // The same per-staff-member budget as bearer calls to the admin API.
         if let Err(l) = state.limiter.hit(

@@ -16,10 +16,8 @@
 //! | `POST /login/passkey/start` | `{request?}` | `{challenge_id, publicKey, mediation}` |
 //! | `POST /login/passkey/finish` | `{challenge_id, credential}` | `{redirect}` + session cookie |
 
-use std::net::SocketAddr;
-
 use axum::Router;
-use axum::extract::{ConnectInfo, Path, Request, State};
+use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -86,10 +84,7 @@ struct Incoming {
 
 async fn read(request: Request) -> Result<Incoming, Response> {
     let (parts, body) = request.into_parts();
-    let ip = parts
-        .extensions
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip().to_string());
+    let ip = crate::web::client_ip(&parts.extensions);
     let body = axum::body::to_bytes(body, MAX_BODY)
         .await
         .map_err(|_| bad_request("the request body is too large or could not be read"))?;

@@ -203,7 +203,7 @@ async fn submit(
     // Users with a second factor finish at /login/mfa.
     match crate::mfa::factors(&state.store, &user.id).await {
         Ok(f) if f.any() => {
-            let ip = peer.ip().to_string();
+            let ip = ip.to_string();
             let ua = user_agent(&headers);
             return crate::mfa::login::begin(&state, &user.id, request, Some(&ip), ua.as_deref())
                 .await
@@ -220,7 +220,7 @@ async fn submit(
         user_id: user.id.clone(),
         amr: vec!["pwd".to_string()],
         acr: ACR_PASSWORD.to_string(),
-        ip: Some(peer.ip().to_string()),
+        ip: Some(ip.to_string()),
         user_agent: user_agent(&headers),
     };
     let (session, secret) = match super::login(&state, current.as_ref(), auth).await {

@@ -11,11 +11,16 @@ use axum::http::{HeaderMap, HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::Response;
 
-/// The client's IP as seen on the socket.
-pub fn client_ip(
-    req_ext: Option<&axum::extract::ConnectInfo<std::net::SocketAddr>>,
-) -> Option<String> {
-    req_ext.map(|c| c.0.ip().to_string())
+/// The client's IP for sessions and audit rows: the address the rate
+/// limiter resolved (which believes `X-Forwarded-For` only from
+/// `rate_limits.trusted_proxies`), else the socket's.
+pub fn client_ip(ext: &axum::http::Extensions) -> Option<String> {
+    ext.get::<crate::security::limits::ClientIp>()
+        .map(|c| c.0.to_string())
+        .or_else(|| {
+            ext.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                .map(|c| c.0.ip().to_string())
+        })
 }
 
 pub fn user_agent(headers: &HeaderMap) -> Option<String> {

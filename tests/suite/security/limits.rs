@@ -31,6 +31,7 @@ backend_tests!(
     account_pages_are_limited_per_ip,
     admin_listener_is_limited_per_ip_and_per_staff_user,
     forwarded_for_is_believed_only_from_trusted_proxies,
+    sessions_record_the_forwarded_client_only_behind_a_trusted_proxy,
     login_lockout_grows_exponentially_survives_restart_and_looks_like_a_wrong_password,
     code_lockout_is_the_same_exponential_lockout_and_is_audited,
 );
@@ -1020,4 +1021,53 @@ async fn code_lockout_is_the_same_exponential_lockout_and_is_audited(backend: Ba
         Some((3, 1200))
     );
     assert_eq!(lockout_audits(&oidc).await.len(), 2);
+}
+
+/// Sessions (and so the admin UI and audit rows) record the address the
+/// limiter resolved: the forwarded client behind a trusted proxy, the
+/// socket's address otherwise (a spoofed header changes nothing).
+async fn sessions_record_the_forwarded_client_only_behind_a_trusted_proxy(backend: Backend) {
+    let oidc = Oidc::start_with(
+        backend,
+        &[("PORTCULLIS_RATE_LIMITS_TRUSTED_PROXIES", "127.0.0.1")],
+    )
+    .await;
+    oidc.user("alice").await;
+    let via = |local: IpAddr| {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-forwarded-for", "203.0.113.7".parse().unwrap());
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .cookie_store(true)
+            .local_address(local)
+            .default_headers(headers)
+            .build()
+            .unwrap();
+        Browser::with_client(&oidc.issuer, http)
+    };
+    for (local, expected) in [
+        (IpAddr::V4(Ipv4Addr::LOCALHOST), "203.0.113.7"),
+        (OTHER_IP, "127.0.0.2"),
+    ] {
+        let browser = via(local);
+        let page = login(&oidc, &browser, "alice", PASSWORD).await;
+        assert_eq!(page.status, 303, "{}", page.body);
+        let list: serde_json::Value = browser
+            .http
+            .get(oidc.url("/account/sessions"))
+            .header("accept", "application/json")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let current = list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["current"] == true)
+            .unwrap();
+        assert_eq!(current["ip"], expected, "from {local}: {current}");
+    }
 }
