@@ -14,7 +14,7 @@ use std::process::Stdio;
 
 use serde_json::{Value, json};
 
-use crate::oauth::flow::{AuthRequest, Browser, Client, Oidc, PASSWORD};
+use crate::oauth::flow::{Oidc, PASSWORD};
 use crate::oauth::staff::enrol_totp;
 use crate::support::Backend;
 
@@ -29,52 +29,6 @@ fn repo_root() -> PathBuf {
         .parent()
         .unwrap()
         .to_path_buf()
-}
-
-/// Signs `username` in at `client` (password only); the session id and
-/// the access token.
-async fn customer_session(oidc: &Oidc, client: &Client, username: &str) -> (String, String) {
-    let browser: Browser = oidc.browser();
-    let req = AuthRequest::new(client, "openid");
-    let done = browser.authorize(&req, Some((username, PASSWORD))).await;
-    let tokens = oidc
-        .exchange_code(client, &done.code(), &req.pkce.verifier)
-        .await;
-    let sessions: Value = browser
-        .http
-        .get(oidc.url("/account/sessions"))
-        .header("accept", "application/json")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let sid = sessions["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["current"] == true)
-        .unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    (sid, tokens.str("access_token"))
-}
-
-async fn active(oidc: &Oidc, gw: &Client, token: &str) -> bool {
-    let v: Value = oidc
-        .http
-        .post(oidc.url("/introspect"))
-        .basic_auth(&gw.id, gw.secret.as_deref())
-        .form(&[("token", token)])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    v["active"] == true
 }
 
 /// Chromium and the npm packages are there; otherwise a notice (an error
@@ -132,9 +86,9 @@ async fn staff_work_in_the_admin_ui_through_a_real_browser(backend: Backend) {
     let gw = oidc
         .client("gw", &["--grant", "client_credentials", "--may-introspect"])
         .await;
-    let (carol_sid, carol_token) = customer_session(&oidc, &shop, "carol").await;
-    let (carol_sid2, carol_token2) = customer_session(&oidc, &shop, "carol").await;
-    assert!(active(&oidc, &gw, &carol_token).await);
+    let (carol_sid, carol_token) = oidc.customer_session(&shop, "carol").await;
+    let (carol_sid2, carol_token2) = oidc.customer_session(&shop, "carol").await;
+    assert!(oidc.is_active(&gw, &carol_token).await);
 
     // Screenshots go to a scratch directory unless
     // PORTCULLIS_TEST_SCREENSHOTS names one (the README's pictures come from
@@ -179,11 +133,11 @@ async fn staff_work_in_the_admin_ui_through_a_real_browser(backend: Backend) {
     // The session staff A terminated is dead at the gateway; the one the
     // viewer tried to terminate with a forged POST is not.
     assert!(
-        !active(&oidc, &gw, &carol_token).await,
+        !oidc.is_active(&gw, &carol_token).await,
         "terminated session's token"
     );
     assert!(
-        active(&oidc, &gw, &carol_token2).await,
+        oidc.is_active(&gw, &carol_token2).await,
         "forged terminate changed nothing"
     );
     assert_eq!(result["viewer_forged_status"], 403);

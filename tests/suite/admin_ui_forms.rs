@@ -332,52 +332,6 @@ async fn gateway(oidc: &Oidc) -> Client {
         .await
 }
 
-async fn active(oidc: &Oidc, gw: &Client, token: &str) -> bool {
-    let v: Value = oidc
-        .http
-        .post(oidc.url("/introspect"))
-        .basic_auth(&gw.id, gw.secret.as_deref())
-        .form(&[("token", token)])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    v["active"] == true
-}
-
-/// `username` signs in at `client` (password only, no second factor);
-/// the session id and the access token.
-async fn customer_session(oidc: &Oidc, client: &Client, username: &str) -> (String, String) {
-    let browser = oidc.browser();
-    let req = AuthRequest::new(client, "openid");
-    let done = browser.authorize(&req, Some((username, PASSWORD))).await;
-    let tokens = oidc
-        .exchange_code(client, &done.code(), &req.pkce.verifier)
-        .await;
-    let sessions: Value = browser
-        .http
-        .get(oidc.url("/account/sessions"))
-        .header("accept", "application/json")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let sid = sessions["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["current"] == true)
-        .unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    (sid, tokens.str("access_token"))
-}
-
 /// Direct database access (outside the UI).
 struct Db(sqlx::AnyPool);
 
@@ -935,8 +889,8 @@ async fn csrf_desk(backend: Backend) -> CsrfDesk {
     oidc.user("carol").await;
     let shop = oidc.code_client("shop", "openid", &[]).await;
     let gw = gateway(&oidc).await;
-    let (carol_sid, carol_token) = customer_session(&oidc, &shop, "carol").await;
-    assert!(active(&oidc, &gw, &carol_token).await);
+    let (carol_sid, carol_token) = oidc.customer_session(&shop, "carol").await;
+    assert!(oidc.is_active(&gw, &carol_token).await);
     let ui = sign_in(&oidc, "sue", &secret).await;
     let db = Db::open(&oidc).await;
     CsrfDesk {
@@ -959,7 +913,7 @@ impl CsrfDesk {
         assert_eq!(page.status, 403, "{}", page.body);
         assert!(page.body.contains(needle), "{needle:?}: {}", page.body);
         assert!(
-            active(&self.oidc, &self.gw, &self.carol_token).await,
+            self.oidc.is_active(&self.gw, &self.carol_token).await,
             "the session survived"
         );
         assert_eq!(self.db.count_audit("session.terminate").await, 0);
@@ -1052,7 +1006,7 @@ async fn same_origin_post_with_null_origin_is_accepted(backend: Backend) {
             .await;
     assert_eq!(page.status, 303, "{}", page.body);
     assert_eq!(page.location(), Some("/sessions?done=terminated"));
-    assert!(!active(&d.oidc, &d.gw, &d.carol_token).await);
+    assert!(!d.oidc.is_active(&d.gw, &d.carol_token).await);
     assert_eq!(d.db.count_audit("session.terminate").await, 1);
     d.oidc.server.stop().await;
 }
@@ -1067,8 +1021,8 @@ async fn lock_and_unlock_a_user(backend: Backend) {
     oidc.user("carol").await;
     let shop = oidc.code_client("shop", "openid", &[]).await;
     let gw = gateway(&oidc).await;
-    let (_sid, token) = customer_session(&oidc, &shop, "carol").await;
-    assert!(active(&oidc, &gw, &token).await);
+    let (_sid, token) = oidc.customer_session(&shop, "carol").await;
+    assert!(oidc.is_active(&gw, &token).await);
     let db = Db::open(&oidc).await;
     let ui = sign_in(&oidc, "sam", &secret).await;
 
@@ -1084,7 +1038,7 @@ async fn lock_and_unlock_a_user(backend: Backend) {
     assert_eq!(page.status, 303, "{}", page.body);
     assert_eq!(page.location(), Some("/users/carol?done=locked"));
     assert!(db.locked("carol").await);
-    assert!(!active(&oidc, &gw, &token).await, "locked user's token");
+    assert!(!oidc.is_active(&gw, &token).await, "locked user's token");
     let sam = db.user_id("sam").await;
     let rows = db.audit("user.lock").await;
     assert_eq!(
@@ -1347,7 +1301,7 @@ async fn revoking_every_token_needs_the_exact_client_id(backend: Backend) {
     let (_, tokens) =
         client_credentials(&oidc, "partner", partner.secret.as_deref().unwrap()).await;
     let token = tokens["access_token"].as_str().unwrap().to_string();
-    assert!(active(&oidc, &gw, &token).await);
+    assert!(oidc.is_active(&gw, &token).await);
     let db = Db::open(&oidc).await;
     let ui = sign_in(&oidc, "sam", &secret).await;
 
@@ -1361,7 +1315,7 @@ async fn revoking_every_token_needs_the_exact_client_id(backend: Backend) {
         assert_eq!(page.status, 400, "{wrong}: {}", page.body);
         assert!(page.body.contains("type the client id"), "{}", page.body);
         assert!(
-            active(&oidc, &gw, &token).await,
+            oidc.is_active(&gw, &token).await,
             "token kept after {wrong:?}"
         );
     }
@@ -1369,7 +1323,7 @@ async fn revoking_every_token_needs_the_exact_client_id(backend: Backend) {
         .post("/clients/partner/tokens/revoke", &[("reason", "leaked")])
         .await;
     assert_eq!(page.status, 400, "no confirmation: {}", page.body);
-    assert!(active(&oidc, &gw, &token).await);
+    assert!(oidc.is_active(&gw, &token).await);
     assert_eq!(db.count_audit("client.tokens_revoked").await, 0);
 
     let page = ui
@@ -1387,9 +1341,9 @@ async fn revoking_every_token_needs_the_exact_client_id(backend: Backend) {
         page.location(),
         Some("/clients/partner?done=tokens_revoked")
     );
-    assert!(!active(&oidc, &gw, &token).await, "revoked");
+    assert!(!oidc.is_active(&gw, &token).await, "revoked");
     assert!(
-        active(&oidc, &gw, &gateway_token(&oidc, &gw).await).await,
+        oidc.is_active(&gw, &gateway_token(&oidc, &gw).await).await,
         "other clients untouched"
     );
     assert_eq!(db.count_audit("client.tokens_revoked").await, 1);
@@ -1410,9 +1364,9 @@ async fn terminating_all_sessions_of_a_user(backend: Backend) {
     oidc.user("dora").await;
     let shop = oidc.code_client("shop", "openid", &[]).await;
     let gw = gateway(&oidc).await;
-    let (_, carol1) = customer_session(&oidc, &shop, "carol").await;
-    let (_, carol2) = customer_session(&oidc, &shop, "carol").await;
-    let (_, dora) = customer_session(&oidc, &shop, "dora").await;
+    let (_, carol1) = oidc.customer_session(&shop, "carol").await;
+    let (_, carol2) = oidc.customer_session(&shop, "carol").await;
+    let (_, dora) = oidc.customer_session(&shop, "dora").await;
     let db = Db::open(&oidc).await;
     let ui = sign_in(&oidc, "sue", &secret).await;
 
@@ -1431,9 +1385,9 @@ async fn terminating_all_sessions_of_a_user(backend: Backend) {
         page.location(),
         Some("/sessions?user=carol&done=terminated_all")
     );
-    assert!(!active(&oidc, &gw, &carol1).await);
-    assert!(!active(&oidc, &gw, &carol2).await);
-    assert!(active(&oidc, &gw, &dora).await, "another user's session");
+    assert!(!oidc.is_active(&gw, &carol1).await);
+    assert!(!oidc.is_active(&gw, &carol2).await);
+    assert!(oidc.is_active(&gw, &dora).await, "another user's session");
     let live: (i64,) =
         sqlx::query_as("SELECT COUNT(*) FROM sessions WHERE user_id = $1 AND ended_at IS NULL")
             .bind(db.user_id("carol").await)
@@ -1586,7 +1540,7 @@ async fn missing_reason_is_a_400_page_with_the_sentence(backend: Backend) {
             "a page"
         );
         assert!(
-            active(&d.oidc, &d.gw, &d.carol_token).await,
+            d.oidc.is_active(&d.gw, &d.carol_token).await,
             "nothing changed"
         );
     }
@@ -1739,7 +1693,7 @@ async fn sign_out_ends_the_ui_and_the_sign_in_session(backend: Backend) {
         .exchange_code(&console, &done.code(), &req.pkce.verifier)
         .await
         .str("access_token");
-    assert!(active(&oidc, &gw, &sso_token).await);
+    assert!(oidc.is_active(&gw, &sso_token).await);
     // The UI's own access token, known to the test only by its hash.
     let (ui_token_hash,): (String,) =
         sqlx::query_as("SELECT access_token_hash FROM admin_ui_sessions WHERE id_hash = $1")
@@ -1801,7 +1755,7 @@ async fn sign_out_ends_the_ui_and_the_sign_in_session(backend: Backend) {
     // The sign-in server's session ended: its tokens are inactive, the
     // UI's own included.
     assert!(
-        !active(&oidc, &gw, &sso_token).await,
+        !oidc.is_active(&gw, &sso_token).await,
         "token of the sign-in session"
     );
     assert!(revoked(ui_token_hash).await, "the admin UI's access token");
@@ -1827,7 +1781,7 @@ async fn stale_second_factor_gets_a_step_up_prompt_back_to_the_section(backend: 
     oidc.user("carol").await;
     let shop = oidc.code_client("shop", "openid", &[]).await;
     let gw = gateway(&oidc).await;
-    let (sid, token) = customer_session(&oidc, &shop, "carol").await;
+    let (sid, token) = oidc.customer_session(&shop, "carol").await;
     let ui = sign_in(&oidc, "sue", &secret).await;
     // Let the sign-in's second factor age past the one-second window.
     tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
@@ -1845,5 +1799,5 @@ async fn stale_second_factor_gets_a_step_up_prompt_back_to_the_section(backend: 
         "{}",
         page.body
     );
-    assert!(active(&oidc, &gw, &token).await, "nothing ended");
+    assert!(oidc.is_active(&gw, &token).await, "nothing ended");
 }

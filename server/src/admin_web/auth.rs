@@ -192,7 +192,7 @@ pub async fn login(
     crate::store::admin_ui::insert_login(&state.store, &crypto::sha256_hex(&flow), &pending, now)
         .await
         .map_err(|e| Page::error(None, AppError::from(e)))?;
-    let challenge = crypto::b64url(&sha2_256(pending.pkce_verifier.as_bytes()));
+    let challenge = crate::oauth::pkce::challenge_s256(&pending.pkce_verifier);
     let mut url = url::Url::parse(&format!("{}/authorize", state.config.issuer))
         .map_err(|e| Page::error(None, AppError::Internal(e.to_string())))?;
     {
@@ -224,11 +224,6 @@ pub async fn login(
         [(header::SET_COOKIE, cookie)],
     )
         .into_response())
-}
-
-fn sha2_256(data: &[u8]) -> Vec<u8> {
-    use sha2::Digest;
-    sha2::Sha256::digest(data).to_vec()
 }
 
 #[derive(Debug, Deserialize)]

@@ -15,11 +15,16 @@ pub fn valid_challenge(challenge: &str) -> bool {
     valid_pkce_string(challenge)
 }
 
+/// The S256 challenge of a verifier: `BASE64URL(SHA256(verifier))`.
+pub fn challenge_s256(verifier: &str) -> String {
+    crate::crypto::b64url(&Sha256::digest(verifier.as_bytes()))
+}
+
 /// True when `BASE64URL(SHA256(verifier)) == challenge`.
 pub fn verify(verifier: &str, challenge: &str) -> bool {
     if !valid_pkce_string(verifier) {
         return false;
     }
-    let computed = crate::crypto::b64url(&Sha256::digest(verifier.as_bytes()));
+    let computed = challenge_s256(verifier);
     computed.as_bytes().ct_eq(challenge.as_bytes()).into()
 }

@@ -528,6 +528,53 @@ impl Oidc {
         format!("{}{path}", self.issuer)
     }
 
+    /// `active` at `/introspect`, asked by the gateway client `gw`.
+    pub async fn is_active(&self, gw: &Client, token: &str) -> bool {
+        let v: serde_json::Value = self
+            .http
+            .post(self.url("/introspect"))
+            .basic_auth(&gw.id, gw.secret.as_deref())
+            .form(&[("token", token)])
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v["active"] == true
+    }
+
+    /// `username` signs in at `client` (password only, no second factor)
+    /// in a fresh browser; the session id and the access token.
+    pub async fn customer_session(&self, client: &Client, username: &str) -> (String, String) {
+        let browser = self.browser();
+        let req = AuthRequest::new(client, "openid");
+        let done = browser.authorize(&req, Some((username, PASSWORD))).await;
+        let tokens = self
+            .exchange_code(client, &done.code(), &req.pkce.verifier)
+            .await;
+        let sessions: serde_json::Value = browser
+            .http
+            .get(self.url("/account/sessions"))
+            .header("accept", "application/json")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let sid = sessions["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["current"] == true)
+            .unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        (sid, tokens.str("access_token"))
+    }
+
     /// A fresh browser (empty cookie jar).
     pub fn browser(&self) -> Browser {
         Browser::new(&self.issuer)
