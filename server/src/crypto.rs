@@ -21,6 +21,18 @@ pub fn random_id() -> String {
     URL_SAFE_NO_PAD.encode(bytes)
 }
 
+/// 128-bit id that sorts by creation time: 48 bits of milliseconds since
+/// the epoch, then 80 random bits, as 32 lower-case hex digits. Rows keyed
+/// by it are appended at the end of their index instead of landing on a
+/// random page, which keeps the write per stored token small.
+pub fn time_ordered_id(now_ms: i64) -> String {
+    let mut bytes = [0u8; 16];
+    let ms = u64::try_from(now_ms).unwrap_or(0).to_be_bytes();
+    bytes[..6].copy_from_slice(&ms[2..]);
+    rand::rngs::OsRng.fill_bytes(&mut bytes[6..]);
+    hex::encode(bytes)
+}
+
 /// Lower-case hex SHA-256: how high-entropy secrets are stored. (Passwords
 /// use argon2id; a 256-bit random secret needs no stretching, and this keeps
 /// the introspection hot path cheap.)

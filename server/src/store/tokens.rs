@@ -24,8 +24,11 @@ pub async fn insert_family(
     Ok(())
 }
 
-/// Many access tokens in one statement (group commit).
+/// Many access tokens in one statement (group commit). SQLite gets
+/// anonymous `?` placeholders: it resolves each named `$n` by a linear
+/// search, which made binding a batch quadratic in its size.
 pub async fn insert_access_many(
+    store: &Store,
     tx: &mut Tx,
     rows: &[(&AccessTokenRecord, &str)],
 ) -> StoreResult<()> {
@@ -33,17 +36,27 @@ pub async fn insert_access_many(
         return Ok(());
     }
     const COLS: usize = 13;
-    let groups: Vec<String> = (0..rows.len())
-        .map(|i| {
-            let ps: Vec<String> = (1..=COLS).map(|c| format!("${}", i * COLS + c)).collect();
-            format!("({})", ps.join(", "))
-        })
-        .collect();
+    let mut values = String::with_capacity(rows.len() * COLS * 6);
+    for i in 0..rows.len() {
+        values.push_str(if i == 0 { "(" } else { ", (" });
+        for c in 1..=COLS {
+            if c > 1 {
+                values.push_str(", ");
+            }
+            match store.backend() {
+                super::Backend::Sqlite => values.push('?'),
+                super::Backend::Postgres => {
+                    values.push('$');
+                    values.push_str(&(i * COLS + c).to_string());
+                }
+            }
+        }
+        values.push(')');
+    }
     // The SQL text holds only generated placeholders, never data.
     let sql = format!(
         "INSERT INTO access_tokens (token_hash, id, client_id, user_id, session_id, family_id, scope, audience, \
-         auth_time, amr, acr, issued_at, expires_at) VALUES {}",
-        groups.join(", ")
+         auth_time, amr, acr, issued_at, expires_at) VALUES {values}"
     );
     let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
     for (t, hash) in rows {
@@ -67,11 +80,12 @@ pub async fn insert_access_many(
 }
 
 pub async fn insert_access(
+    store: &Store,
     tx: &mut Tx,
     t: &AccessTokenRecord,
     token_hash: &str,
 ) -> StoreResult<()> {
-    insert_access_many(tx, &[(t, token_hash)]).await
+    insert_access_many(store, tx, &[(t, token_hash)]).await
 }
 
 pub async fn insert_refresh(tx: &mut Tx, t: &RefreshTokenRecord) -> StoreResult<()> {

@@ -81,7 +81,7 @@ async fn write(store: &Store, batch: &[Pending]) -> Result<(), StoreError> {
     // 64 rows per statement keeps the placeholder count far below both
     // backends' limits.
     for chunk in rows.chunks(64) {
-        crate::store::tokens::insert_access_many(&mut tx, chunk).await?;
+        crate::store::tokens::insert_access_many(store, &mut tx, chunk).await?;
     }
     tx.commit().await?;
     Ok(())

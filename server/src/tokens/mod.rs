@@ -154,10 +154,11 @@ fn new_access_record(
     grant: &TokenGrant,
     family_id: Option<&str>,
 ) -> AccessTokenRecord {
-    let now = state.clock.now();
+    let now_ms = state.clock.now_ms();
+    let now = now_ms.div_euclid(1000);
     let access_ttl = access_ttl(state);
     AccessTokenRecord {
-        id: crypto::random_id(),
+        id: crypto::time_ordered_id(now_ms),
         client_id: grant.client_id.clone(),
         user_id: grant.user_id.clone(),
         session_id: grant.session_id.clone(),
@@ -207,7 +208,13 @@ pub async fn mint(
     let access_ttl = access_ttl(state);
     let access_token = crypto::random_secret(ACCESS_PREFIX);
     let record = new_access_record(state, grant, family_id);
-    crate::store::tokens::insert_access(tx, &record, &crypto::sha256_hex(&access_token)).await?;
+    crate::store::tokens::insert_access(
+        &state.store,
+        tx,
+        &record,
+        &crypto::sha256_hex(&access_token),
+    )
+    .await?;
     let refresh_token = match (with_refresh, family_id, &grant.user_id) {
         (true, Some(family), Some(user_id)) => {
             let refresh_ttl =
