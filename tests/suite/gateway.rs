@@ -14,6 +14,7 @@ backend_tests!(
     revoking_a_refresh_token_kills_its_family,
     revoking_someone_elses_token_changes_nothing,
     token_exchange_is_limited_to_registered_audiences,
+    concurrent_client_credentials_tokens_are_each_stored,
 );
 
 const INACTIVE: &str = r#"{"active":false}"#;
@@ -522,4 +523,80 @@ async fn revocation_reaches_the_other_replica_through_notify() {
     .await;
     assert!(seen, "replica B still says active for a revoked token");
     b.stop().await;
+}
+
+/// Client-credentials tokens are written in batches (group commit, several
+/// writers on PostgreSQL): many issued at once must each come back as a
+/// distinct token that is stored with its own record, client and scope.
+async fn concurrent_client_credentials_tokens_are_each_stored(backend: Backend) {
+    let oidc = Oidc::start(backend).await;
+    let gw = gateway(&oidc).await;
+    let svc = service(&oidc).await;
+    let other = oidc
+        .client(
+            "other",
+            &["--grant", "client_credentials", "--scope", "read"],
+        )
+        .await;
+
+    const N: usize = 120;
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..N {
+        let http = oidc.http.clone();
+        let url = oidc.url("/token");
+        // Two clients with different scopes, interleaved, so a batch that
+        // mixed up rows would show.
+        let (id, secret, scope) = if i % 3 == 0 {
+            (other.id.clone(), other.secret.clone(), "read")
+        } else {
+            (svc.id.clone(), svc.secret.clone(), "api write")
+        };
+        set.spawn(async move {
+            let resp = http
+                .post(url)
+                .basic_auth(&id, secret.as_deref())
+                .form(&[("grant_type", "client_credentials"), ("scope", scope)])
+                .send()
+                .await
+                .unwrap();
+            let status = resp.status().as_u16();
+            let body: serde_json::Value = resp.json().await.unwrap();
+            assert_eq!(status, 200, "{body}");
+            (id, scope, body["access_token"].as_str().unwrap().to_string())
+        });
+    }
+    let mut issued = Vec::new();
+    while let Some(done) = set.join_next().await {
+        issued.push(done.unwrap());
+    }
+    assert_eq!(issued.len(), N);
+    let distinct: std::collections::HashSet<_> = issued.iter().map(|(_, _, t)| t).collect();
+    assert_eq!(distinct.len(), N, "every request gets its own token");
+
+    let mut jtis = std::collections::HashSet::new();
+    for (client_id, scope, token) in &issued {
+        let claims = introspect(&oidc, &gw, token).await;
+        assert_eq!(claims["active"], true, "{claims}");
+        assert_eq!(claims["client_id"], client_id.as_str());
+        assert_eq!(claims["scope"], *scope);
+        let jti = claims["jti"].as_str().unwrap().to_string();
+        assert!(
+            jti.len() == 32 && jti.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{jti}"
+        );
+        jtis.insert(jti);
+    }
+    assert_eq!(jtis.len(), N, "every stored token has its own id");
+
+    // Each is revocable on its own: revoking one leaves the next active.
+    let (_, _, first) = issued.iter().find(|(c, _, _)| c == "svc").unwrap();
+    let (status, _, _) = post(&oidc, "/revoke", &svc, &[("token", first)], None).await;
+    assert_eq!(status, 200);
+    assert_eq!(introspect_raw(&oidc, &gw, first).await, INACTIVE);
+    let (_, _, second) = issued
+        .iter()
+        .filter(|(c, _, _)| c == "svc")
+        .nth(1)
+        .unwrap();
+    assert_eq!(introspect(&oidc, &gw, second).await["active"], true);
 }

@@ -299,6 +299,9 @@ async fn sqlite_pool(
     let pool = AnyPoolOptions::new()
         .max_connections(max)
         .acquire_timeout(settings.acquire_timeout)
+        // A file on this machine cannot hang up; the check would cost a
+        // round trip to the connection's worker thread on every use.
+        .test_before_acquire(false)
         .after_connect(|conn, _meta| {
             Box::pin(async move {
                 // WAL lets readers run beside the writer; synchronous=FULL makes

@@ -24,17 +24,28 @@ pub async fn insert_family(
     Ok(())
 }
 
-/// Many access tokens in one statement (group commit). SQLite gets
-/// anonymous `?` placeholders: it resolves each named `$n` by a linear
-/// search, which made binding a batch quadratic in its size.
-pub async fn insert_access_many(
+/// Many access tokens in one statement, committed on its own (group
+/// commit, `tokens::batch`).
+pub async fn insert_access_batch(
     store: &Store,
-    tx: &mut Tx,
     rows: &[(&AccessTokenRecord, &str)],
 ) -> StoreResult<()> {
     if rows.is_empty() {
         return Ok(());
     }
+    insert_access_query(store.backend(), rows)
+        .execute(store.writer())
+        .await?;
+    Ok(())
+}
+
+/// `INSERT … VALUES (…), (…)` for `rows`. SQLite gets anonymous `?`
+/// placeholders: it resolves each named `$n` by a linear search, which made
+/// binding a batch quadratic in its size.
+fn insert_access_query<'q>(
+    backend: super::Backend,
+    rows: &[(&AccessTokenRecord, &str)],
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments> {
     const COLS: usize = 13;
     let mut values = String::with_capacity(rows.len() * COLS * 6);
     for i in 0..rows.len() {
@@ -43,7 +54,7 @@ pub async fn insert_access_many(
             if c > 1 {
                 values.push_str(", ");
             }
-            match store.backend() {
+            match backend {
                 super::Backend::Sqlite => values.push('?'),
                 super::Backend::Postgres => {
                     values.push('$');
@@ -75,8 +86,7 @@ pub async fn insert_access_many(
             .bind(t.issued_at)
             .bind(t.expires_at);
     }
-    q.execute(&mut **tx).await?;
-    Ok(())
+    q
 }
 
 pub async fn insert_access(
@@ -85,7 +95,10 @@ pub async fn insert_access(
     t: &AccessTokenRecord,
     token_hash: &str,
 ) -> StoreResult<()> {
-    insert_access_many(store, tx, &[(t, token_hash)]).await
+    insert_access_query(store.backend(), &[(t, token_hash)])
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
 }
 
 pub async fn insert_refresh(tx: &mut Tx, t: &RefreshTokenRecord) -> StoreResult<()> {
