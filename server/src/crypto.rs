@@ -52,21 +52,3 @@ pub fn secret_matches(presented: &str, stored_hash_hex: &str) -> bool {
 pub fn b64url(data: &[u8]) -> String {
     URL_SAFE_NO_PAD.encode(data)
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn time_ordered_ids_sort_by_creation_time_and_differ() {
-        let earlier = time_ordered_id(1_700_000_000_000);
-        let later = time_ordered_id(1_700_000_000_001);
-        let same_ms = time_ordered_id(1_700_000_000_001);
-        assert_eq!(earlier.len(), 32);
-        assert!(earlier.bytes().all(|b| b.is_ascii_hexdigit()));
-        assert!(earlier < later, "{earlier} < {later}");
-        assert_ne!(later, same_ms, "80 random bits after the time");
-        assert_eq!(&later[..12], &same_ms[..12]);
-        assert_eq!(&earlier[..12], "018bcfe56800");
-    }
-}

@@ -600,3 +600,17 @@ async fn concurrent_client_credentials_tokens_are_each_stored(backend: Backend) 
         .unwrap();
     assert_eq!(introspect(&oidc, &gw, second).await["active"], true);
 }
+
+#[test]
+fn access_token_ids_sort_by_creation_time_and_differ() {
+    use portcullis::crypto::time_ordered_id;
+    let earlier = time_ordered_id(1_700_000_000_000);
+    let later = time_ordered_id(1_700_000_000_001);
+    let same_ms = time_ordered_id(1_700_000_000_001);
+    assert_eq!(earlier.len(), 32);
+    assert!(earlier.bytes().all(|b| b.is_ascii_hexdigit()));
+    assert!(earlier < later, "{earlier} < {later}");
+    assert_ne!(later, same_ms, "80 random bits follow the time");
+    assert_eq!(&later[..12], &same_ms[..12]);
+    assert_eq!(&earlier[..12], "018bcfe56800");
+}
