@@ -562,7 +562,11 @@ async fn concurrent_client_credentials_tokens_are_each_stored(backend: Backend) 
             let status = resp.status().as_u16();
             let body: serde_json::Value = resp.json().await.unwrap();
             assert_eq!(status, 200, "{body}");
-            (id, scope, body["access_token"].as_str().unwrap().to_string())
+            (
+                id,
+                scope,
+                body["access_token"].as_str().unwrap().to_string(),
+            )
         });
     }
     let mut issued = Vec::new();
@@ -593,11 +597,7 @@ async fn concurrent_client_credentials_tokens_are_each_stored(backend: Backend) 
     let (status, _, _) = post(&oidc, "/revoke", &svc, &[("token", first)], None).await;
     assert_eq!(status, 200);
     assert_eq!(introspect_raw(&oidc, &gw, first).await, INACTIVE);
-    let (_, _, second) = issued
-        .iter()
-        .filter(|(c, _, _)| c == "svc")
-        .nth(1)
-        .unwrap();
+    let (_, _, second) = issued.iter().filter(|(c, _, _)| c == "svc").nth(1).unwrap();
     assert_eq!(introspect(&oidc, &gw, second).await["active"], true);
 }
 
