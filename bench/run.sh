@@ -219,15 +219,25 @@ peak_rss() {  # peak_rss PID: VmHWM in MiB
   awk '/^VmHWM:/ { printf "%.1f", $2 / 1024 }' "/proc/$1/status" 2>/dev/null || echo "?"
 }
 
-# One row per wrk run: target|op|conns|rps|p50|p99|non2xx|sockerr|status
+cpu_ticks() {  # cpu_ticks: "<steal> <total>" jiffies of all CPUs from /proc/stat
+  awk '/^cpu / { t = 0; for (i = 2; i <= 9; i++) t += $i; print $9, t }' /proc/stat 2>/dev/null || echo "0 0"
+}
+
+steal_pct() {  # steal_pct "S0 T0" "S1 T1": share of CPU time the hypervisor gave to others
+  awk -v a="$1" -v b="$2" 'BEGIN { split(a, x, " "); split(b, y, " ");
+    d = y[2] - x[2]; if (d > 0) printf "%.0f", 100 * (y[1] - x[1]) / d; else print "?" }'
+}
+
+# One row per wrk run: target|op|conns|rps|p50|p99|non2xx|sockerr|status|steal
 ROWS=()
 declare -A RPS=() NON2XX=() RSS=() NOTES=()
 
 run_wrk() {  # run_wrk TARGET OP CONNS MODE URL SCRIPT [VAR=VALUE...]; MODE "warmup" records nothing
   local target=$1 op=$2 c=$3 mode=$4 url=$5 script=$6
   shift 6
-  local out line rps p50 p99 non2xx sockerr status secs=$DURATION_S
+  local out line rps p50 p99 non2xx sockerr status steal secs=$DURATION_S ticks0
   [[ $mode == warmup ]] && secs=$WARMUP_S
+  ticks0=$(cpu_ticks)
   # In the background so that a signal to this script interrupts `wait` at once.
   env BENCH_LUA_DIR="$LUA_DIR" "$@" \
     timeout $(( secs + 60 )) wrk -t"$THREADS" -c"$c" -d"${secs}s" --timeout 10s --latency \
@@ -236,13 +246,14 @@ run_wrk() {  # run_wrk TARGET OP CONNS MODE URL SCRIPT [VAR=VALUE...]; MODE "war
   PIDS+=("$wpid")
   wait "$wpid" || true
   forget_pid "$wpid"
+  steal=$(steal_pct "$ticks0" "$(cpu_ticks)")
   out=$(<"$SCRATCH/wrk.out")
   { echo "=== $target $op c=$c ${mode:+($mode) }$url"; echo "$out"; echo; } >>"$WRK_LOG"
   [[ $mode == warmup ]] && return 0
   line=$(grep '^BENCH ' <<<"$out" | tail -n 1 || true)
   if [[ -z $line ]]; then
     log "  $target $op c=$c: wrk failed: $(tail -n 3 <<<"$out" | tr '\n' ' ')"
-    ROWS+=("$target|$op|$c|-|-|-|-|-|wrk failed")
+    ROWS+=("$target|$op|$c|-|-|-|-|-|$steal|wrk failed")
     return 0
   fi
   rps=$(sed -E 's/.* rps=([^ ]+).*/\1/' <<<"$line")
@@ -252,10 +263,10 @@ run_wrk() {  # run_wrk TARGET OP CONNS MODE URL SCRIPT [VAR=VALUE...]; MODE "war
   sockerr=$(sed -E 's/.* sockerr=([^ ]+).*/\1/' <<<"$line")
   status=$(sed -E 's/.* status=([^ ]+).*/\1/' <<<"$line")
   if [[ $status == "-" ]]; then status=""; else status="first non-2xx: $status"; fi
-  ROWS+=("$target|$op|$c|$rps|$p50|$p99|$non2xx|$sockerr|$status")
+  ROWS+=("$target|$op|$c|$rps|$p50|$p99|$non2xx|$sockerr|$steal|$status")
   RPS["$target|$op|$c"]=$rps
   NON2XX["$target|$op|$c"]=$non2xx
-  log "  $target $op c=$c: $rps req/s, p50 $p50 ms, p99 $p99 ms, non-2xx $non2xx${status:+ ($status)}"
+  log "  $target $op c=$c: $rps req/s, p50 $p50 ms, p99 $p99 ms, non-2xx $non2xx, steal $steal %${status:+ ($status)}"
 }
 
 OPS="introspect-json introspect-jwt token-cc revoke jwks"
@@ -304,7 +315,7 @@ run_op() {  # run_op TARGET OP CONNS [warmup]; uses run_suite's locals
       run_wrk "$target" "$op" "$c" "$mode" "$base$ipath" introspect.lua BENCH_AUTH="$gw" BENCH_TOKEN="$itok" ;;
     introspect-jwt)
       if [[ $jwt != yes ]]; then
-        [[ $mode == warmup ]] || ROWS+=("$target|$op|$c|n/a|n/a|n/a|n/a|n/a|not supported")
+        [[ $mode == warmup ]] || ROWS+=("$target|$op|$c|n/a|n/a|n/a|n/a|n/a|-|not supported")
         return 0
       fi
       run_wrk "$target" "$op" "$c" "$mode" "$base$ipath" introspect.lua BENCH_AUTH="$gw" BENCH_TOKEN="$itok" \
@@ -335,17 +346,19 @@ bench_portcullis() {  # bench_portcullis TARGET DATABASE_URL
     PORTCULLIS_RATE_LIMITS_TOKEN_PER_IP=0
     PORTCULLIS_RATE_LIMITS_TOKEN_PER_CLIENT=0
   )
+  # The server refuses PORTCULLIS_* variables it does not know, such as
+  # this script's own PORTCULLIS_BIN.
   log "[$target] starting portcullis on 127.0.0.1:$port"
-  (cd "$dir" && exec env "${envs[@]}" "$BIN" serve) >"$dir/server.log" 2>&1 &
+  (cd "$dir" && exec env -u PORTCULLIS_BIN "${envs[@]}" "$BIN" serve) >"$dir/server.log" 2>&1 &
   pid=$!
   PIDS+=("$pid")
   wait_http "http://127.0.0.1:$port/readyz" "$pid" "$dir/server.log"
 
-  out=$(cd "$dir" && env "${envs[@]}" "$BIN" client create --name gw --id gw --grant client_credentials \
+  out=$(cd "$dir" && env -u PORTCULLIS_BIN "${envs[@]}" "$BIN" client create --name gw --id gw --grant client_credentials \
         --scope api --may-introspect --exchange-audience orders-api --json 2>&1) \
     || die "[$target] client create gw failed: $out"
   gw_secret=$(jq -er .client_secret <<<"$out") || die "[$target] unexpected output: $out"
-  out=$(cd "$dir" && env "${envs[@]}" "$BIN" client create --name svc --id svc --grant client_credentials \
+  out=$(cd "$dir" && env -u PORTCULLIS_BIN "${envs[@]}" "$BIN" client create --name svc --id svc --grant client_credentials \
         --scope "api read write" --json 2>&1) \
     || die "[$target] client create svc failed: $out"
   svc_secret=$(jq -er .client_secret <<<"$out") || die "[$target] unexpected output: $out"
@@ -416,13 +429,15 @@ fi
 echo
 echo "Results (wrk -t$THREADS -d$DURATION --latency, loopback; $(nproc) cores shared by server and load generator)"
 echo
-fmt='%-9s %-16s %6s %10s %9s %9s %8s %8s  %s\n'
-printf "$fmt" target operation conns "req/s" "p50 ms" "p99 ms" non-2xx sockerr note
-printf "$fmt" --------- ---------------- ------ ---------- --------- --------- -------- -------- ----
+fmt='%-9s %-16s %6s %10s %9s %9s %8s %8s %7s  %s\n'
+printf "$fmt" target operation conns "req/s" "p50 ms" "p99 ms" non-2xx sockerr "steal%" note
+printf "$fmt" --------- ---------------- ------ ---------- --------- --------- -------- -------- ------- ----
 for row in "${ROWS[@]}"; do
-  IFS='|' read -r t op c rps p50 p99 n2 se note <<<"$row"
-  printf "$fmt" "$t" "$op" "$c" "$rps" "$p50" "$p99" "$n2" "$se" "$note"
+  IFS='|' read -r t op c rps p50 p99 n2 se st note <<<"$row"
+  printf "$fmt" "$t" "$op" "$c" "$rps" "$p50" "$p99" "$n2" "$se" "$st" "$note"
 done
+echo "(steal%: CPU time the hypervisor gave to other guests during the run; above a few"
+echo " per cent the figures of that run say more about the host than about the server)"
 
 echo
 echo "Peak RSS (VmHWM at the end of each target's runs):"
