@@ -310,9 +310,10 @@ async fn sqlite_pool(
                 conn.execute("PRAGMA synchronous = FULL").await?;
                 conn.execute("PRAGMA foreign_keys = ON").await?;
                 conn.execute("PRAGMA busy_timeout = 5000").await?;
-                // Statement journals (a multi-row INSERT inside a
-                // transaction needs one) in memory, not in a temporary file
-                // created and unlinked for every batch.
+                // Statement journals (a statement writing several rows
+                // inside a transaction, such as revoking a family, needs
+                // one) in memory, not in a temporary file created and
+                // unlinked each time.
                 conn.execute("PRAGMA temp_store = MEMORY").await?;
                 Ok(())
             })
