@@ -271,10 +271,15 @@ run_wrk() {  # run_wrk TARGET OP CONNS MODE URL SCRIPT [VAR=VALUE...]; MODE "war
 
 OPS="introspect-json introspect-jwt token-cc revoke jwks"
 
-# run_suite TARGET BASE INTROSPECT_PATH TOKEN_PATH REVOKE_PATH JWKS_PATH GW_AUTH SVC_AUTH JWT(yes|no)
-run_suite() {
+# Per target: what run_op needs (filled by prepare_target).
+declare -A T_BASE=() T_IPATH=() T_TPATH=() T_RPATH=() T_JPATH=() T_GW=() T_SVC=() T_JWT=() \
+  T_ITOK=() T_RTOK=() T_PID=()
+READY=()         # targets prepared, in order
+
+# prepare_target TARGET BASE INTROSPECT_PATH TOKEN_PATH REVOKE_PATH JWKS_PATH GW_AUTH SVC_AUTH JWT(yes|no)
+prepare_target() {
   local target=$1 base=$2 ipath=$3 tpath=$4 rpath=$5 jpath=$6 gw=$7 svc=$8 jwt=$9
-  local itok rtok ztok code body c op
+  local itok rtok ztok code body op
 
   itok=$(get_token "$base$tpath" "$svc") || die "$target: cannot obtain an access token"
   rtok=$(get_token "$base$tpath" "$svc") || die "$target: cannot obtain an access token"
@@ -295,41 +300,44 @@ run_suite() {
   code=$(curl -s -m 10 -o /dev/null -w '%{http_code}' "$base$jpath" || true)
   log "  check jwks:            HTTP $code"
 
+  T_BASE[$target]=$base; T_IPATH[$target]=$ipath; T_TPATH[$target]=$tpath
+  T_RPATH[$target]=$rpath; T_JPATH[$target]=$jpath; T_GW[$target]=$gw; T_SVC[$target]=$svc
+  T_JWT[$target]=$jwt; T_ITOK[$target]=$itok; T_RTOK[$target]=$rtok
+  READY+=("$target")
+
   if (( WARMUP_S > 0 )); then
     log "  warm-up: ${WARMUP_S}s per operation (not recorded)"
     for op in $OPS; do
       run_op "$target" "$op" 16 warmup
     done
   fi
-  for op in $OPS; do
-    for c in $CONNECTIONS; do
-      run_op "$target" "$op" "$c"
-    done
-  done
 }
 
-run_op() {  # run_op TARGET OP CONNS [warmup]; uses run_suite's locals
+run_op() {  # run_op TARGET OP CONNS [warmup]
   local target=$1 op=$2 c=$3 mode=${4:-}
+  local base=${T_BASE[$1]} gw=${T_GW[$1]} svc=${T_SVC[$1]}
   case $op in
     introspect-json)
-      run_wrk "$target" "$op" "$c" "$mode" "$base$ipath" introspect.lua BENCH_AUTH="$gw" BENCH_TOKEN="$itok" ;;
+      run_wrk "$target" "$op" "$c" "$mode" "$base${T_IPATH[$target]}" introspect.lua \
+        BENCH_AUTH="$gw" BENCH_TOKEN="${T_ITOK[$target]}" ;;
     introspect-jwt)
-      if [[ $jwt != yes ]]; then
+      if [[ ${T_JWT[$target]} != yes ]]; then
         [[ $mode == warmup ]] || ROWS+=("$target|$op|$c|n/a|n/a|n/a|n/a|n/a|-|not supported")
         return 0
       fi
-      run_wrk "$target" "$op" "$c" "$mode" "$base$ipath" introspect.lua BENCH_AUTH="$gw" BENCH_TOKEN="$itok" \
-        BENCH_ACCEPT=application/token-introspection+jwt ;;
+      run_wrk "$target" "$op" "$c" "$mode" "$base${T_IPATH[$target]}" introspect.lua \
+        BENCH_AUTH="$gw" BENCH_TOKEN="${T_ITOK[$target]}" BENCH_ACCEPT=application/token-introspection+jwt ;;
     token-cc)
-      run_wrk "$target" "$op" "$c" "$mode" "$base$tpath" token.lua BENCH_AUTH="$svc" BENCH_SCOPE=api ;;
+      run_wrk "$target" "$op" "$c" "$mode" "$base${T_TPATH[$target]}" token.lua BENCH_AUTH="$svc" BENCH_SCOPE=api ;;
     revoke)
-      run_wrk "$target" "$op" "$c" "$mode" "$base$rpath" revoke.lua BENCH_AUTH="$svc" BENCH_TOKEN="$rtok" ;;
+      run_wrk "$target" "$op" "$c" "$mode" "$base${T_RPATH[$target]}" revoke.lua \
+        BENCH_AUTH="$svc" BENCH_TOKEN="${T_RTOK[$target]}" ;;
     jwks)
-      run_wrk "$target" "$op" "$c" "$mode" "$base$jpath" jwks.lua ;;
+      run_wrk "$target" "$op" "$c" "$mode" "$base${T_JPATH[$target]}" jwks.lua ;;
   esac
 }
 
-bench_portcullis() {  # bench_portcullis TARGET DATABASE_URL
+start_portcullis() {  # start_portcullis TARGET DATABASE_URL: start, register clients, prepare
   local target=$1 dburl=$2 dir="$SCRATCH/$1" port admin pid gw_secret svc_secret out
   mkdir -p "$dir"
   port=$(free_port); admin=$(free_port)
@@ -363,15 +371,12 @@ bench_portcullis() {  # bench_portcullis TARGET DATABASE_URL
     || die "[$target] client create svc failed: $out"
   svc_secret=$(jq -er .client_secret <<<"$out") || die "[$target] unexpected output: $out"
 
-  run_suite "$target" "http://127.0.0.1:$port" /introspect /token /revoke /jwks.json \
+  T_PID[$target]=$pid
+  prepare_target "$target" "http://127.0.0.1:$port" /introspect /token /revoke /jwks.json \
     "$(basic gw "$gw_secret")" "$(basic svc "$svc_secret")" yes
-
-  RSS[$target]=$(peak_rss "$pid")
-  stop_pid "$pid"; forget_pid "$pid"
-  log "[$target] done; peak RSS ${RSS[$target]} MiB"
 }
 
-bench_peer() {
+start_peer() {
   local dir="$SCRATCH/peer" port pid gw_secret svc_secret disc ipath tpath rpath jpath jwt=no
   mkdir -p "$dir"
   port=$(free_port)
@@ -397,12 +402,9 @@ bench_peer() {
     NOTES[peer]="JWT introspection not enabled (features.jwtIntrospection)"
   fi
 
-  run_suite peer "http://127.0.0.1:$port" "$ipath" "$tpath" "$rpath" "$jpath" \
+  T_PID[peer]=$pid
+  prepare_target peer "http://127.0.0.1:$port" "$ipath" "$tpath" "$rpath" "$jpath" \
     "$(basic gw "$gw_secret")" "$(basic svc "$svc_secret")" "$jwt"
-
-  RSS[peer]=$(peak_rss "$pid")
-  stop_pid "$pid"; forget_pid "$pid"
-  log "[peer] done; peak RSS ${RSS[peer]} MiB"
 }
 
 # ------------------------------------------------------------------- run ---
@@ -410,20 +412,35 @@ START=$SECONDS
 log "Portcullis benchmark $STAMP: wrk $DURATION x ${THREADS} threads, connections: $CONNECTIONS"
 log "host: $(nproc) cores, $(uname -sr); binary: $BIN"
 
+# Every server is started first; then each operation and connection count
+# runs on every target back to back, so a change in the host's load (CPU
+# steal) hits Portcullis and the peer alike instead of one whole target.
 if [[ " $TARGETS " == *" sqlite "* ]]; then
-  bench_portcullis sqlite "sqlite://$SCRATCH/sqlite/portcullis.db?mode=rwc"
+  start_portcullis sqlite "sqlite://$SCRATCH/sqlite/portcullis.db?mode=rwc"
 fi
 if [[ $HAVE_PG == 1 ]]; then
   PG_DB="pc_bench_$(head -c 6 /dev/urandom | od -An -tx1 | tr -d ' \n')"
   PGCONNECT_TIMEOUT=5 timeout 30 psql "$PG_URL/postgres" -qAt -v ON_ERROR_STOP=1 -c "CREATE DATABASE $PG_DB" >/dev/null \
     || die "cannot create database $PG_DB"
   log "created database $PG_DB"
-  bench_portcullis postgres "$PG_URL/$PG_DB"
-  drop_pg_db
+  start_portcullis postgres "$PG_URL/$PG_DB"
 fi
 if [[ $HAVE_PEER == 1 ]]; then
-  bench_peer
+  start_peer
 fi
+for op in $OPS; do
+  for c in $CONNECTIONS; do
+    for t in "${READY[@]}"; do
+      run_op "$t" "$op" "$c"
+    done
+  done
+done
+for t in "${READY[@]}"; do
+  RSS[$t]=$(peak_rss "${T_PID[$t]}")
+  stop_pid "${T_PID[$t]}"; forget_pid "${T_PID[$t]}"
+  log "[$t] stopped; peak RSS ${RSS[$t]} MiB"
+done
+drop_pg_db
 
 # ---------------------------------------------------------------- report ---
 echo
