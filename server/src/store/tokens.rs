@@ -1,5 +1,7 @@
 //! Opaque access and refresh tokens (stored as SHA-256) and their families.
 
+use std::fmt::Write as _;
+
 use super::{Store, StoreResult, Tx};
 use crate::tokens::{AccessTokenRecord, RefreshTokenRecord};
 
@@ -56,9 +58,9 @@ fn insert_access_query<'q>(
             }
             match backend {
                 super::Backend::Sqlite => values.push('?'),
+                // Writing into a String cannot fail.
                 super::Backend::Postgres => {
-                    values.push('$');
-                    values.push_str(&(i * COLS + c).to_string());
+                    let _ = write!(values, "${}", i * COLS + c);
                 }
             }
         }

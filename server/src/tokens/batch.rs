@@ -87,14 +87,15 @@ async fn run(store: Store, rx: Arc<Mutex<mpsc::Receiver<Pending>>>) {
         if rx.lock().await.recv_many(&mut batch, MAX_BATCH).await == 0 {
             return;
         }
-        let rows: Vec<(&AccessTokenRecord, &str)> = batch
-            .iter()
-            .map(|p| (&p.record, p.token_hash.as_str()))
-            .collect();
-        let result = crate::store::tokens::insert_access_batch(&store, &rows)
-            .await
-            .map_err(|e| e.to_string());
-        drop(rows);
+        let result = {
+            let rows: Vec<(&AccessTokenRecord, &str)> = batch
+                .iter()
+                .map(|p| (&p.record, p.token_hash.as_str()))
+                .collect();
+            crate::store::tokens::insert_access_batch(&store, &rows)
+                .await
+                .map_err(|e| e.to_string())
+        };
         if let Err(e) = &result {
             tracing::error!(error = %e, tokens = batch.len(), "cannot store a batch of access tokens");
         }
