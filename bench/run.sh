@@ -9,6 +9,7 @@
 #   BENCH_THREADS      wrk threads, default 2
 #   BENCH_WARMUP       seconds of unrecorded warm-up per operation and target, default 1 (0: none)
 #   BENCH_TARGETS      any of "sqlite postgres peer", default all three
+#   BENCH_OPS          any of "introspect-json introspect-jwt token-cc revoke jwks", default all
 #   BENCH_PG_URL       PostgreSQL server on loopback, default postgres://postgres@127.0.0.1:5432
 #   PORTCULLIS_BIN     use this portcullis binary instead of building the release one
 #   BENCH_KEEP=1       keep the scratch directory (server logs, databases)
@@ -269,7 +270,11 @@ run_wrk() {  # run_wrk TARGET OP CONNS MODE URL SCRIPT [VAR=VALUE...]; MODE "war
   log "  $target $op c=$c: $rps req/s, p50 $p50 ms, p99 $p99 ms, non-2xx $non2xx, steal $steal %${status:+ ($status)}"
 }
 
-OPS="introspect-json introspect-jwt token-cc revoke jwks"
+ALL_OPS="introspect-json introspect-jwt token-cc revoke jwks"
+OPS=${BENCH_OPS:-$ALL_OPS}
+for op in $OPS; do
+  [[ " $ALL_OPS " == *" $op "* ]] || die "BENCH_OPS: unknown operation '$op' (known: $ALL_OPS)"
+done
 
 # Per target: what run_op needs (filled by prepare_target).
 declare -A T_BASE=() T_IPATH=() T_TPATH=() T_RPATH=() T_JPATH=() T_GW=() T_SVC=() T_JWT=() \

@@ -121,20 +121,21 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Startup, Startu
         .user_agent(concat!("portcullis/", env!("CARGO_PKG_VERSION")))
         .build()
         .unwrap_or_default();
+    let metrics = Arc::new(Metrics::default());
     let state = AppState(Arc::new(AppStateInner {
         limiter: Arc::new(crate::security::limits::RateLimiter::new(
             &config.rate_limits,
         )),
         webauthn: Arc::new(webauthn),
         outbox_wake: Arc::new(tokio::sync::Notify::new()),
-        token_writer: crate::tokens::batch::TokenWriter::spawn(store.clone()),
+        token_writer: crate::tokens::batch::TokenWriter::spawn(store.clone(), metrics.clone()),
         http_client,
         introspection_cache: Arc::new(cache),
         keys: Arc::new(KeyRing::new(config.keys.dir.clone(), loaded.set)),
         config: Arc::new(config),
         store,
         clock,
-        metrics: Arc::new(Metrics::default()),
+        metrics,
         error_spikes: Arc::default(),
     }));
     Ok(Startup {

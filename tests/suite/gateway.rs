@@ -539,6 +539,11 @@ async fn concurrent_client_credentials_tokens_are_each_stored(backend: Backend) 
         )
         .await;
 
+    let rows_before = oidc
+        .metric("portcullis_token_batch_rows_total")
+        .await
+        .unwrap();
+    let batches_before = oidc.metric("portcullis_token_batches_total").await.unwrap();
     const N: usize = 120;
     let mut set = tokio::task::JoinSet::new();
     for i in 0..N {
@@ -576,6 +581,15 @@ async fn concurrent_client_credentials_tokens_are_each_stored(backend: Backend) 
     assert_eq!(issued.len(), N);
     let distinct: std::collections::HashSet<_> = issued.iter().map(|(_, _, t)| t).collect();
     assert_eq!(distinct.len(), N, "every request gets its own token");
+    // The group-commit counters account for every token, in 1..=N commits.
+    let rows = oidc
+        .metric("portcullis_token_batch_rows_total")
+        .await
+        .unwrap()
+        - rows_before;
+    let batches = oidc.metric("portcullis_token_batches_total").await.unwrap() - batches_before;
+    assert_eq!(rows, N as f64);
+    assert!((1.0..=N as f64).contains(&batches), "{batches} batches");
 
     let mut jtis = std::collections::HashSet::new();
     for (client_id, scope, token) in &issued {

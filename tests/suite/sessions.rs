@@ -433,21 +433,6 @@ fn audit_for<'a>(rows: &'a [Value], action: &str, sid: &str) -> Vec<&'a Value> {
         .collect()
 }
 
-async fn metric(oidc: &Oidc, name: &str) -> Option<f64> {
-    let text = oidc
-        .http
-        .get(oidc.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .map(|v| v.trim().parse().unwrap())
-}
-
 /// The user id (`sub`) behind an access token.
 async fn sub_of(oidc: &Oidc, access_token: &str) -> String {
     let u = oidc.userinfo(access_token).await;
@@ -1584,11 +1569,11 @@ async fn backchannel_logout_is_retried_until_delivered(backend: Backend) {
         "clients without tokens in the session are not told"
     );
     assert_eq!(
-        metric(&oidc, "portcullis_outbox_delivered_total").await,
+        oidc.metric("portcullis_outbox_delivered_total").await,
         Some(1.0)
     );
     assert!(
-        metric(&oidc, "portcullis_outbox_attempt_failures_total")
+        oidc.metric("portcullis_outbox_attempt_failures_total")
             .await
             .is_some_and(|n| n >= 1.0)
     );
@@ -1704,11 +1689,11 @@ async fn backchannel_logout_failure_is_audited_and_counted(backend: Backend) {
     assert_eq!(row["after"]["attempts"], 2);
     assert_eq!(row["after"]["target_url"], receiver.url.as_str());
     assert_eq!(
-        metric(&oidc, "portcullis_outbox_failed_total").await,
+        oidc.metric("portcullis_outbox_failed_total").await,
         Some(1.0)
     );
     assert_eq!(
-        metric(&oidc, "portcullis_outbox_delivered_total").await,
+        oidc.metric("portcullis_outbox_delivered_total").await,
         Some(0.0)
     );
 }

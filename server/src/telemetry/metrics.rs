@@ -19,6 +19,10 @@ pub struct Metrics {
     pub rate_limited: [AtomicU64; crate::security::limits::Class::ALL.len()],
     /// Lockouts set (passwords and second-factor codes).
     pub lockouts: AtomicU64,
+    /// Group commits of access tokens (`tokens::batch`) and the tokens they
+    /// carried: their ratio is the batch size the load produces.
+    pub token_batches: AtomicU64,
+    pub token_batch_rows: AtomicU64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -85,6 +89,16 @@ impl Metrics {
                 "portcullis_outbox_failed_total",
                 "Outbox messages given up on after all attempts.",
                 &self.outbox_failed,
+            ),
+            (
+                "portcullis_token_batches_total",
+                "Group commits of access tokens.",
+                &self.token_batches,
+            ),
+            (
+                "portcullis_token_batch_rows_total",
+                "Access tokens stored by group commits.",
+                &self.token_batch_rows,
             ),
         ] {
             let _ = writeln!(

@@ -10,10 +10,12 @@
 //! [`PG_WRITERS`] so that one batch's commit overlaps the next one's insert.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 use crate::store::{Backend, Store, StoreError};
+use crate::telemetry::metrics::Metrics;
 use crate::tokens::AccessTokenRecord;
 
 /// Rows per INSERT: 256 × 13 placeholders stays far below both backends'
@@ -43,7 +45,7 @@ impl std::fmt::Debug for Pending {
 
 impl TokenWriter {
     /// Starts the writer tasks on the current runtime.
-    pub fn spawn(store: Store) -> TokenWriter {
+    pub fn spawn(store: Store, metrics: Arc<Metrics>) -> TokenWriter {
         let (tx, rx) = mpsc::channel(4096);
         let writers = match store.backend() {
             Backend::Sqlite => 1,
@@ -51,7 +53,7 @@ impl TokenWriter {
         };
         let rx = Arc::new(Mutex::new(rx));
         for _ in 0..writers {
-            tokio::spawn(run(store.clone(), rx.clone()));
+            tokio::spawn(run(store.clone(), rx.clone(), metrics.clone()));
         }
         TokenWriter { tx }
     }
@@ -79,7 +81,7 @@ impl TokenWriter {
     }
 }
 
-async fn run(store: Store, rx: Arc<Mutex<mpsc::Receiver<Pending>>>) {
+async fn run(store: Store, rx: Arc<Mutex<mpsc::Receiver<Pending>>>, metrics: Arc<Metrics>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     loop {
         // The lock is held only while taking a batch, so the next writer
@@ -96,6 +98,12 @@ async fn run(store: Store, rx: Arc<Mutex<mpsc::Receiver<Pending>>>) {
                 .await
                 .map_err(|e| e.to_string())
         };
+        if result.is_ok() {
+            metrics.token_batches.fetch_add(1, Ordering::Relaxed);
+            metrics
+                .token_batch_rows
+                .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        }
         if let Err(e) = &result {
             tracing::error!(error = %e, tokens = batch.len(), "cannot store a batch of access tokens");
         }

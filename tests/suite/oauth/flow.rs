@@ -528,6 +528,22 @@ impl Oidc {
         format!("{}{path}", self.issuer)
     }
 
+    /// One unlabelled value from `/metrics`, if the server exports it.
+    pub async fn metric(&self, name: &str) -> Option<f64> {
+        let text = self
+            .http
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .map(|v| v.trim().parse().unwrap())
+    }
+
     /// `active` at `/introspect`, asked by the gateway client `gw`.
     pub async fn is_active(&self, gw: &Client, token: &str) -> bool {
         let v: serde_json::Value = self
