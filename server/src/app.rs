@@ -292,6 +292,7 @@ pub async fn serve(
     let sweeper = tokio::spawn(sweep_sessions_periodically(state.clone()));
     let refund_expiry = tokio::spawn(crate::refunds::expire_periodically(state.clone()));
     let lockout_purge = tokio::spawn(crate::security::lockout::purge_periodically(state.clone()));
+    let checkpointer = tokio::spawn(checkpoint_periodically(state.clone()));
     let audit_verify = tokio::spawn(crate::security::events::verify_audit_chain_periodically(
         state.clone(),
     ));
@@ -323,11 +324,29 @@ pub async fn serve(
     refund_expiry.abort();
     lockout_purge.abort();
     audit_verify.abort();
+    checkpointer.abort();
     if let Some(l) = listener {
         l.abort();
     }
     state.store.close().await;
     result.map(|_| ())
+}
+
+/// Keeps SQLite's write-ahead log copied into the database file while the
+/// server writes (`Store::checkpoint`); stops at once on PostgreSQL.
+async fn checkpoint_periodically(state: AppState) {
+    // Often enough that the writer's own checkpoint finds little left to
+    // copy; each pass that copies something also syncs the database file.
+    let mut tick = tokio::time::interval(Duration::from_millis(25));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match state.store.checkpoint().await {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(e) => tracing::warn!(error = %e, "write-ahead log checkpoint failed"),
+        }
+    }
 }
 
 async fn sweep_sessions_periodically(state: AppState) {

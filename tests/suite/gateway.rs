@@ -4,8 +4,10 @@
 
 use std::time::Duration;
 
+use sha2::{Digest, Sha256};
+
 use crate::oauth::flow::{ClientAuth, Oidc};
-use crate::support::{Backend, eventually};
+use crate::support::{Backend, eventually, raw_pool};
 
 backend_tests!(
     introspection_answers_inactive_for_every_dead_token,
@@ -613,6 +615,60 @@ async fn concurrent_client_credentials_tokens_are_each_stored(backend: Backend) 
     assert_eq!(introspect_raw(&oidc, &gw, first).await, INACTIVE);
     let (_, _, second) = issued.iter().filter(|(c, _, _)| c == "svc").nth(1).unwrap();
     assert_eq!(introspect(&oidc, &gw, second).await["active"], true);
+}
+
+/// On SQLite the write-ahead log is copied into the database file by a
+/// background task, long before the writer's own checkpoint threshold
+/// (`store::WRITER_AUTOCHECKPOINT` pages) would: tokens just issued reach the
+/// main file, which an `immutable` connection reads without the log.
+#[tokio::test]
+async fn sqlite_log_is_checkpointed_in_the_background() {
+    let oidc = Oidc::start(Backend::Sqlite).await;
+    let svc = service(&oidc).await;
+    const N: usize = 20;
+    let mut hashes = Vec::new();
+    for _ in 0..N {
+        let (status, _, body) = post(
+            &oidc,
+            "/token",
+            &svc,
+            &[("grant_type", "client_credentials"), ("scope", "api")],
+            None,
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let token = body["access_token"].as_str().unwrap();
+        hashes.push(hex::encode(Sha256::digest(token.as_bytes())));
+    }
+    let main_file = format!(
+        "sqlite://{}/data/portcullis.db?immutable=true",
+        oidc.env.dir.path().display()
+    );
+    let in_main_file = || {
+        let url = main_file.clone();
+        let hashes = hashes.clone();
+        async move {
+            // A new connection each time: an immutable one caches freely.
+            let pool = raw_pool(&url).await;
+            let mut found = 0;
+            for h in &hashes {
+                // An error too (no table yet) means: not in the main file.
+                let row: Result<Option<(String,)>, _> =
+                    sqlx::query_as("SELECT id FROM access_tokens WHERE token_hash = ?")
+                        .bind(h)
+                        .fetch_optional(&pool)
+                        .await;
+                found += usize::from(matches!(row, Ok(Some(_))));
+            }
+            pool.close().await;
+            found == N
+        }
+    };
+    assert!(
+        eventually(Duration::from_secs(20), in_main_file).await,
+        "issued tokens never reached the database file"
+    );
 }
 
 #[test]

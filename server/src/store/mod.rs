@@ -164,6 +164,9 @@ pub struct Store {
     backend: Backend,
     reader: AnyPool,
     writer: AnyPool,
+    /// SQLite file databases: one connection that copies the write-ahead log
+    /// into the database file (see [`Store::checkpoint`]).
+    checkpointer: Option<AnyPool>,
     /// Security-event webhooks: `audit::record` queues a delivery to each
     /// in the transaction that writes the event (see `security::events`).
     webhooks: std::sync::Arc<[crate::config::WebhookEndpoint]>,
@@ -208,6 +211,7 @@ impl Store {
                     backend,
                     reader: pool.clone(),
                     writer: pool,
+                    checkpointer: None,
                     webhooks: Vec::new().into(),
                 })
             }
@@ -219,15 +223,19 @@ impl Store {
                 let writer = sqlite_pool(options.clone(), 1, settings).await?;
                 // A shared-cache in-memory database uses table locks that a
                 // busy timeout does not wait for: keep it on one connection.
-                let reader = if in_memory {
-                    writer.clone()
+                let (reader, checkpointer) = if in_memory {
+                    (writer.clone(), None)
                 } else {
-                    sqlite_pool(options, settings.max_connections, settings).await?
+                    (
+                        sqlite_pool(options.clone(), settings.max_connections, settings).await?,
+                        Some(sqlite_pool(options, 1, settings).await?),
+                    )
                 };
                 Ok(Store {
                     backend,
                     reader,
                     writer,
+                    checkpointer,
                     webhooks: Vec::new().into(),
                 })
             }
@@ -279,6 +287,25 @@ impl Store {
         Ok(())
     }
 
+    /// Copies what it can of SQLite's write-ahead log into the database file
+    /// without waiting for the writer (a PASSIVE checkpoint). `false`: this
+    /// store has no such log to tend (PostgreSQL, in-memory SQLite).
+    ///
+    /// Run in the background ([`crate::app`]), it takes the copying off the
+    /// writer: otherwise the commit that crosses `wal_autocheckpoint` pays for
+    /// it, and every request waiting on that commit with it. The writer's own
+    /// checkpoint, at [`WRITER_AUTOCHECKPOINT`], then only copies what arrived
+    /// since the last pass here, and lets the log start over.
+    pub async fn checkpoint(&self) -> StoreResult<bool> {
+        let Some(pool) = &self.checkpointer else {
+            return Ok(false);
+        };
+        sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+            .execute(pool)
+            .await?;
+        Ok(true)
+    }
+
     /// Readiness probe: one round trip to the database.
     pub async fn ping(&self) -> StoreResult<()> {
         sqlx::query("SELECT 1").execute(&self.reader).await?;
@@ -288,8 +315,16 @@ impl Store {
     pub async fn close(&self) {
         self.writer.close().await;
         self.reader.close().await;
+        if let Some(pool) = &self.checkpointer {
+            pool.close().await;
+        }
     }
 }
+
+/// Write-ahead-log pages (4 KiB each) at which a committing connection runs
+/// a checkpoint itself: SQLite's default is 1000; a larger log between
+/// restarts lets the background checkpointer do nearly all the copying.
+pub const WRITER_AUTOCHECKPOINT: u32 = 10_000;
 
 async fn sqlite_pool(
     options: AnyConnectOptions,
@@ -315,6 +350,13 @@ async fn sqlite_pool(
                 // one) in memory, not in a temporary file created and
                 // unlinked each time.
                 conn.execute("PRAGMA temp_store = MEMORY").await?;
+                // Log pages before the committing connection checkpoints by
+                // itself; a background task checkpoints long before that
+                // (`Store::checkpoint`).
+                conn.execute(sqlx::AssertSqlSafe(format!(
+                    "PRAGMA wal_autocheckpoint = {WRITER_AUTOCHECKPOINT}"
+                )))
+                .await?;
                 Ok(())
             })
         })
