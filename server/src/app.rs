@@ -237,7 +237,7 @@ async fn request_context(
         .headers()
         .get(&REQUEST_ID)
         .and_then(acceptable_request_id)
-        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        .unwrap_or_else(crate::crypto::request_id);
     req.extensions_mut().insert(RequestId(id.clone()));
     // Handlers that read the header see the id in force, never a refused
     // or missing one.

@@ -25,19 +25,42 @@ pub fn random_id() -> String {
 /// the epoch, then 80 random bits, as 32 lower-case hex digits. Rows keyed
 /// by it are appended at the end of their index instead of landing on a
 /// random page, which keeps the write per stored token small.
+///
+/// An id is not a secret: its random part comes from the thread-local
+/// CSPRNG (seeded from the OS), not from a system call per id as secrets do.
 pub fn time_ordered_id(now_ms: i64) -> String {
     let mut bytes = [0u8; 16];
     let ms = u64::try_from(now_ms).unwrap_or(0).to_be_bytes();
     bytes[..6].copy_from_slice(&ms[2..]);
-    rand::rngs::OsRng.fill_bytes(&mut bytes[6..]);
-    hex::encode(bytes)
+    rand::thread_rng().fill_bytes(&mut bytes[6..]);
+    lower_hex(&bytes)
+}
+
+/// A random (version 4) UUID for request ids; like [`time_ordered_id`], from
+/// the thread-local CSPRNG.
+pub fn request_id() -> String {
+    uuid::Builder::from_random_bytes(rand::random())
+        .into_uuid()
+        .to_string()
+}
+
+/// Lower-case hex in one allocation (`hex::encode` builds its string a
+/// character at a time; this runs for every token presented or issued).
+fn lower_hex<const N: usize>(bytes: &[u8; N]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(2 * N);
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+    }
+    out
 }
 
 /// Lower-case hex SHA-256: how high-entropy secrets are stored. (Passwords
 /// use argon2id; a 256-bit random secret needs no stretching, and this keeps
 /// the introspection hot path cheap.)
 pub fn sha256_hex(data: &str) -> String {
-    hex::encode(Sha256::digest(data.as_bytes()))
+    lower_hex(&Sha256::digest(data.as_bytes()).into())
 }
 
 /// Compares a presented secret with a stored SHA-256 hex digest in constant time.

@@ -672,6 +672,21 @@ async fn sqlite_log_is_checkpointed_in_the_background() {
 }
 
 #[test]
+fn token_hashes_and_request_ids_have_their_standard_form() {
+    // FIPS 180-2 test vector, so the hex encoding is checked independently.
+    assert_eq!(
+        portcullis::crypto::sha256_hex("abc"),
+        "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    );
+    let a = portcullis::crypto::request_id();
+    let b = portcullis::crypto::request_id();
+    assert_ne!(a, b);
+    let parsed = uuid::Uuid::parse_str(&a).unwrap();
+    assert_eq!(parsed.get_version(), Some(uuid::Version::Random));
+    assert_eq!(parsed.to_string(), a, "lower-case hyphenated form");
+}
+
+#[test]
 fn access_token_ids_sort_by_creation_time_and_differ() {
     use portcullis::crypto::time_ordered_id;
     let earlier = time_ordered_id(1_700_000_000_000);
