@@ -205,6 +205,20 @@ impl Store {
                 let pool = AnyPoolOptions::new()
                     .max_connections(settings.max_connections)
                     .acquire_timeout(settings.acquire_timeout)
+                    // A connection back in the pool less than
+                    // PING_IF_IDLE_FOR ago is handed out without a ping
+                    // (sqlx pings before every use by default: one more round
+                    // trip per query); an idle one is checked first, so a
+                    // restarted or failed-over server is noticed there.
+                    .test_before_acquire(false)
+                    .before_acquire(|conn, meta| {
+                        Box::pin(async move {
+                            if meta.idle_for >= PING_IF_IDLE_FOR {
+                                sqlx::Connection::ping(conn).await?;
+                            }
+                            Ok(true)
+                        })
+                    })
                     .connect_with(options)
                     .await?;
                 Ok(Store {
@@ -320,6 +334,10 @@ impl Store {
         }
     }
 }
+
+/// PostgreSQL connections idle at least this long are pinged before use
+/// (HikariCP's `aliveBypassWindowMs` has the same default).
+const PING_IF_IDLE_FOR: Duration = Duration::from_millis(500);
 
 /// Write-ahead-log pages (4 KiB each) at which a committing connection runs
 /// a checkpoint itself: SQLite's default is 1000; a larger log between
