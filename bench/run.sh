@@ -7,6 +7,8 @@
 #   BENCH_DURATION     wrk duration per run: 15s (default), 3s, 1m, or plain seconds
 #   BENCH_CONNECTIONS  connection counts, default "16 64"
 #   BENCH_THREADS      wrk threads, default 2
+#   BENCH_ROUNDS       interleaved rounds of every run, default 1; with more, the
+#                      ratios and a summary table use each run's median
 #   BENCH_WARMUP       seconds of unrecorded warm-up per operation and target, default 1 (0: none)
 #   BENCH_TARGETS      any of "sqlite postgres peer", default all three
 #   BENCH_OPS          any of "introspect-json introspect-jwt token-cc revoke jwks", default all
@@ -25,6 +27,7 @@ DURATION=${BENCH_DURATION:-15s}
 CONNECTIONS=${BENCH_CONNECTIONS:-16 64}
 THREADS=${BENCH_THREADS:-2}
 WARMUP_S=${BENCH_WARMUP:-1}
+ROUNDS=${BENCH_ROUNDS:-1}
 TARGETS=${BENCH_TARGETS:-sqlite postgres peer}
 PG_URL=${BENCH_PG_URL:-postgres://postgres@127.0.0.1:5432}
 PG_URL=${PG_URL%/}
@@ -37,6 +40,7 @@ esac
 [[ $DURATION_S =~ ^[0-9]+$ && $DURATION_S -ge 1 && $DURATION_S -le 600 ]] \
   || { echo "BENCH_DURATION must be between 1s and 10m" >&2; exit 2; }
 [[ $WARMUP_S =~ ^[0-9]+$ && $WARMUP_S -le 60 ]] || { echo "BENCH_WARMUP: seconds, 0-60" >&2; exit 2; }
+[[ $ROUNDS =~ ^[1-9]$ ]] || { echo "BENCH_ROUNDS: a number of rounds, 1-9" >&2; exit 2; }
 for c in $CONNECTIONS; do
   [[ $c =~ ^[0-9]+$ && $c -ge $THREADS && $c -le 1024 ]] \
     || { echo "BENCH_CONNECTIONS: '$c' must be a number between BENCH_THREADS and 1024" >&2; exit 2; }
@@ -229,9 +233,12 @@ steal_pct() {  # steal_pct "S0 T0" "S1 T1": share of CPU time the hypervisor gav
     d = y[2] - x[2]; if (d > 0) printf "%.0f", 100 * (y[1] - x[1]) / d; else print "?" }'
 }
 
-# One row per wrk run: target|op|conns|rps|p50|p99|non2xx|sockerr|status|steal
+# One row per wrk run: round|target|op|conns|rps|p50|p99|non2xx|sockerr|steal|status
 ROWS=()
-declare -A RPS=() NON2XX=() RSS=() NOTES=()
+ROUND=1
+# Per target|op|conns: every round's figures (space-separated), the median
+# req/s (RPS, filled after the last round) and non-2xx over all rounds.
+declare -A ALL_RPS=() ALL_P50=() ALL_P99=() ALL_STEAL=() RPS=() NON2XX=() RSS=() NOTES=()
 
 run_wrk() {  # run_wrk TARGET OP CONNS MODE URL SCRIPT [VAR=VALUE...]; MODE "warmup" records nothing
   local target=$1 op=$2 c=$3 mode=$4 url=$5 script=$6
@@ -254,7 +261,7 @@ run_wrk() {  # run_wrk TARGET OP CONNS MODE URL SCRIPT [VAR=VALUE...]; MODE "war
   line=$(grep '^BENCH ' <<<"$out" | tail -n 1 || true)
   if [[ -z $line ]]; then
     log "  $target $op c=$c: wrk failed: $(tail -n 3 <<<"$out" | tr '\n' ' ')"
-    ROWS+=("$target|$op|$c|-|-|-|-|-|$steal|wrk failed")
+    ROWS+=("$ROUND|$target|$op|$c|-|-|-|-|-|$steal|wrk failed")
     return 0
   fi
   rps=$(sed -E 's/.* rps=([^ ]+).*/\1/' <<<"$line")
@@ -264,9 +271,10 @@ run_wrk() {  # run_wrk TARGET OP CONNS MODE URL SCRIPT [VAR=VALUE...]; MODE "war
   sockerr=$(sed -E 's/.* sockerr=([^ ]+).*/\1/' <<<"$line")
   status=$(sed -E 's/.* status=([^ ]+).*/\1/' <<<"$line")
   if [[ $status == "-" ]]; then status=""; else status="first non-2xx: $status"; fi
-  ROWS+=("$target|$op|$c|$rps|$p50|$p99|$non2xx|$sockerr|$steal|$status")
-  RPS["$target|$op|$c"]=$rps
-  NON2XX["$target|$op|$c"]=$non2xx
+  ROWS+=("$ROUND|$target|$op|$c|$rps|$p50|$p99|$non2xx|$sockerr|$steal|$status")
+  local key="$target|$op|$c"
+  ALL_RPS[$key]+="$rps "; ALL_P50[$key]+="$p50 "; ALL_P99[$key]+="$p99 "; ALL_STEAL[$key]+="$steal "
+  NON2XX[$key]=$(( ${NON2XX[$key]:-0} + non2xx ))
   log "  $target $op c=$c: $rps req/s, p50 $p50 ms, p99 $p99 ms, non-2xx $non2xx, steal $steal %${status:+ ($status)}"
 }
 
@@ -327,7 +335,7 @@ run_op() {  # run_op TARGET OP CONNS [warmup]
         BENCH_AUTH="$gw" BENCH_TOKEN="${T_ITOK[$target]}" ;;
     introspect-jwt)
       if [[ ${T_JWT[$target]} != yes ]]; then
-        [[ $mode == warmup ]] || ROWS+=("$target|$op|$c|n/a|n/a|n/a|n/a|n/a|-|not supported")
+        [[ $mode == warmup ]] || ROWS+=("$ROUND|$target|$op|$c|n/a|n/a|n/a|n/a|n/a|-|not supported")
         return 0
       fi
       run_wrk "$target" "$op" "$c" "$mode" "$base${T_IPATH[$target]}" introspect.lua \
@@ -433,12 +441,23 @@ fi
 if [[ $HAVE_PEER == 1 ]]; then
   start_peer
 fi
-for op in $OPS; do
-  for c in $CONNECTIONS; do
-    for t in "${READY[@]}"; do
-      run_op "$t" "$op" "$c"
+for ROUND in $(seq 1 "$ROUNDS"); do
+  (( ROUNDS > 1 )) && log "round $ROUND of $ROUNDS"
+  for op in $OPS; do
+    for c in $CONNECTIONS; do
+      for t in "${READY[@]}"; do
+        run_op "$t" "$op" "$c"
+      done
     done
   done
+done
+median() {  # median "N N N ...": the middle value (mean of the two middle ones)
+  tr ' ' '\n' <<<"$1" | awk 'NF' | sort -g |
+    awk '{ v[NR] = $1 } END { if (NR == 0) print "-"; else if (NR % 2) print v[(NR + 1) / 2];
+                             else printf "%.3f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+for key in "${!ALL_RPS[@]}"; do
+  RPS[$key]=$(median "${ALL_RPS[$key]}")
 done
 for t in "${READY[@]}"; do
   RSS[$t]=$(peak_rss "${T_PID[$t]}")
@@ -451,15 +470,33 @@ drop_pg_db
 echo
 echo "Results (wrk -t$THREADS -d$DURATION --latency, loopback; $(nproc) cores shared by server and load generator)"
 echo
-fmt='%-9s %-16s %6s %10s %9s %9s %8s %8s %7s  %s\n'
-printf "$fmt" target operation conns "req/s" "p50 ms" "p99 ms" non-2xx sockerr "steal%" note
-printf "$fmt" --------- ---------------- ------ ---------- --------- --------- -------- -------- ------- ----
+fmt='%5s %-9s %-16s %6s %10s %9s %9s %8s %8s %7s  %s\n'
+printf "$fmt" round target operation conns "req/s" "p50 ms" "p99 ms" non-2xx sockerr "steal%" note
+printf "$fmt" ----- --------- ---------------- ------ ---------- --------- --------- -------- -------- ------- ----
 for row in "${ROWS[@]}"; do
-  IFS='|' read -r t op c rps p50 p99 n2 se st note <<<"$row"
-  printf "$fmt" "$t" "$op" "$c" "$rps" "$p50" "$p99" "$n2" "$se" "$st" "$note"
+  IFS='|' read -r r t op c rps p50 p99 n2 se st note <<<"$row"
+  printf "$fmt" "$r" "$t" "$op" "$c" "$rps" "$p50" "$p99" "$n2" "$se" "$st" "$note"
 done
 echo "(steal%: CPU time the hypervisor gave to other guests during the run; above a few"
 echo " per cent the figures of that run say more about the host than about the server)"
+
+if (( ROUNDS > 1 )); then
+  echo
+  echo "Median of $ROUNDS rounds per row (req/s, p50 and p99 each their own median; steal: the rounds' values):"
+  mfmt='%-9s %-16s %6s %10s %9s %9s %8s  %s\n'
+  printf "$mfmt" target operation conns "req/s" "p50 ms" "p99 ms" non-2xx "steal%"
+  printf "$mfmt" --------- ---------------- ------ ---------- --------- --------- -------- ------
+  for op in $OPS; do
+    for c in $CONNECTIONS; do
+      for t in "${READY[@]}"; do
+        key="$t|$op|$c"
+        [[ -n ${ALL_RPS[$key]:-} ]] || continue
+        printf "$mfmt" "$t" "$op" "$c" "${RPS[$key]}" "$(median "${ALL_P50[$key]}")" \
+          "$(median "${ALL_P99[$key]}")" "${NON2XX[$key]}" "$(xargs <<<"${ALL_STEAL[$key]}" | tr ' ' ',')"
+      done
+    done
+  done
+fi
 
 echo
 echo "Peak RSS (VmHWM at the end of each target's runs):"
@@ -479,7 +516,7 @@ ratio() {  # ratio TARGET OP CONNS: Portcullis req/s / peer req/s
 
 if [[ $HAVE_PEER == 1 ]]; then
   echo
-  echo "Throughput ratio Portcullis / oidc-provider (req/s; >1 means Portcullis is faster; * = non-2xx responses present):"
+  echo "Throughput ratio Portcullis / oidc-provider (req/s$( (( ROUNDS > 1 )) && echo ", medians of $ROUNDS rounds"); >1 means Portcullis is faster; * = non-2xx responses present):"
   rfmt='%-16s %6s %14s %14s\n'
   printf "$rfmt" operation conns sqlite/peer postgres/peer
   printf "$rfmt" ---------------- ------ -------------- --------------
