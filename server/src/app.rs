@@ -342,12 +342,22 @@ async fn checkpoint_periodically(state: AppState) {
     // 100 ms and more tripled it.
     let mut tick = tokio::time::interval(Duration::from_millis(10));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Logged when it starts failing and when it recovers, not every pass.
+    let mut failing = false;
     loop {
         tick.tick().await;
         match state.store.checkpoint().await {
+            Ok(true) if failing => {
+                failing = false;
+                tracing::info!("write-ahead log checkpoints succeed again");
+            }
             Ok(true) => {}
             Ok(false) => return,
-            Err(e) => tracing::warn!(error = %e, "write-ahead log checkpoint failed"),
+            Err(e) if !failing => {
+                failing = true;
+                tracing::warn!(error = %e, "write-ahead log checkpoint failed; retrying every pass");
+            }
+            Err(_) => {}
         }
     }
 }

@@ -342,7 +342,7 @@ const PING_IF_IDLE_FOR: Duration = Duration::from_millis(500);
 /// Write-ahead-log pages (4 KiB each) at which a committing connection runs
 /// a checkpoint itself: SQLite's default is 1000; a larger log between
 /// restarts lets the background checkpointer do nearly all the copying.
-pub const WRITER_AUTOCHECKPOINT: u32 = 10_000;
+const WRITER_AUTOCHECKPOINT: u32 = 10_000;
 
 async fn sqlite_pool(
     options: AnyConnectOptions,

@@ -100,14 +100,16 @@ async fn run(store: Store, rx: Arc<Mutex<mpsc::Receiver<Pending>>>, metrics: Arc
                 .await
                 .map_err(|e| e.to_string())
         };
-        if result.is_ok() {
-            metrics.token_batches.fetch_add(1, Ordering::Relaxed);
-            metrics
-                .token_batch_rows
-                .fetch_add(batch.len() as u64, Ordering::Relaxed);
-        }
-        if let Err(e) = &result {
-            tracing::error!(error = %e, tokens = batch.len(), "cannot store a batch of access tokens");
+        match &result {
+            Ok(()) => {
+                metrics.token_batches.fetch_add(1, Ordering::Relaxed);
+                metrics
+                    .token_batch_rows
+                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, tokens = batch.len(), "cannot store a batch of access tokens")
+            }
         }
         for p in batch.drain(..) {
             let _ = p.done.send(result.clone());
