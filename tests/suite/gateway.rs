@@ -465,6 +465,55 @@ async fn token_exchange_is_limited_to_registered_audiences(backend: Backend) {
         .assert_error(400, "invalid_grant");
 }
 
+/// The PostgreSQL pool skips its ping for connections used in the last
+/// 500 ms but pings idle ones, so every connection the server holds dying
+/// at once (a database restart or failover) costs no request: after a
+/// pause, the very first token request and introspection succeed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_connections_killed_while_idle_cost_no_request() {
+    let Some(Backend::Postgres(admin)) = Backend::postgres() else {
+        return;
+    };
+    let oidc = Oidc::start(Backend::Postgres(admin.clone())).await;
+    let gw = gateway(&oidc).await;
+    let svc = service(&oidc).await;
+    let issue = || {
+        post(
+            &oidc,
+            "/token",
+            &svc,
+            &[("grant_type", "client_credentials"), ("scope", "api")],
+            None,
+        )
+    };
+    // Warm the pool: several connections in use, then back in the pool.
+    for _ in 0..8 {
+        assert_eq!(issue().await.0, 200);
+    }
+    let name = url::Url::parse(&oidc.env.database_url())
+        .unwrap()
+        .path()
+        .trim_start_matches('/')
+        .to_string();
+    let pool = raw_pool(&admin).await;
+    let (killed,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT COUNT(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = '{name}' AND pid <> pg_backend_pid()) AS t"
+    )))
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+    assert!(killed > 0, "the server held no connection to kill");
+    tokio::time::sleep(Duration::from_millis(800)).await;
+
+    let (status, _, body) = issue().await;
+    assert_eq!(status, 200, "first token request after the kill: {body}");
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let token = body["access_token"].as_str().unwrap();
+    assert_eq!(introspect(&oidc, &gw, token).await["active"], true);
+}
+
 /// Two real server processes share one PostgreSQL database. The
 /// introspection cache TTL is set to a minute, so only LISTEN/NOTIFY can make
 /// replica B notice a revocation made through replica A.

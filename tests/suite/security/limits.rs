@@ -412,24 +412,13 @@ async fn limited_total(oidc: &Oidc, class: &str) -> u64 {
     .await
 }
 
-/// A sample of /metrics by its name and labels.
+/// A sample of /metrics by its name and labels; the test fails if it is missing.
 async fn metric(oidc: &Oidc, sample: &str) -> u64 {
-    let text = oidc
-        .http
-        .get(oidc.url("/metrics"))
-        .send()
+    let value = oidc
+        .metric(sample)
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let prefix = format!("{sample} ");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .unwrap_or_else(|| panic!("no {prefix} in /metrics:\n{text}"))
-        .trim()
-        .parse()
-        .unwrap()
+        .unwrap_or_else(|| panic!("no {sample} in /metrics"));
+    value as u64
 }
 
 /// Stops the server and starts it again on the same address and database.
