@@ -122,13 +122,14 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Startup, Startu
         .build()
         .unwrap_or_default();
     let metrics = Arc::new(Metrics::default());
+    let token_writer = crate::tokens::batch::TokenWriter::spawn(store.clone(), metrics.clone())?;
     let state = AppState(Arc::new(AppStateInner {
         limiter: Arc::new(crate::security::limits::RateLimiter::new(
             &config.rate_limits,
         )),
         webauthn: Arc::new(webauthn),
         outbox_wake: Arc::new(tokio::sync::Notify::new()),
-        token_writer: crate::tokens::batch::TokenWriter::spawn(store.clone(), metrics.clone()),
+        token_writer,
         http_client,
         introspection_cache: Arc::new(cache),
         keys: Arc::new(KeyRing::new(config.keys.dir.clone(), loaded.set)),

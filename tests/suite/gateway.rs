@@ -17,6 +17,7 @@ backend_tests!(
     revoking_someone_elses_token_changes_nothing,
     token_exchange_is_limited_to_registered_audiences,
     concurrent_client_credentials_tokens_are_each_stored,
+    issuance_and_revocation_interleave,
 );
 
 const INACTIVE: &str = r#"{"active":false}"#;
@@ -666,9 +667,164 @@ async fn concurrent_client_credentials_tokens_are_each_stored(backend: Backend) 
     assert_eq!(introspect(&oidc, &gw, second).await["active"], true);
 }
 
+/// Issuing client-credentials tokens while revoking others: on SQLite the
+/// two go through different connections (the token writer's own and the
+/// pool's writer), serialised by SQLite's write lock with a busy timeout;
+/// neither may fail for it, and each ends in the state it asked for.
+async fn issuance_and_revocation_interleave(backend: Backend) {
+    let oidc = Oidc::start(backend).await;
+    let gw = gateway(&oidc).await;
+    let svc = service(&oidc).await;
+    const REVOKED: usize = 40;
+    let mut victims = Vec::new();
+    for _ in 0..REVOKED {
+        let (status, _, body) = post(
+            &oidc,
+            "/token",
+            &svc,
+            &[("grant_type", "client_credentials"), ("scope", "api")],
+            None,
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+        victims.push(body["access_token"].as_str().unwrap().to_string());
+    }
+
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..3 * REVOKED {
+        let req = oidc
+            .http
+            .post(oidc.url(if i % 3 == 0 { "/revoke" } else { "/token" }))
+            .basic_auth(&svc.id, svc.secret.as_deref());
+        let req = if i % 3 == 0 {
+            req.form(&[("token", victims[i / 3].as_str())])
+        } else {
+            req.form(&[("grant_type", "client_credentials"), ("scope", "api")])
+        };
+        set.spawn(async move {
+            let resp = req.send().await.unwrap();
+            (resp.status().as_u16(), resp.text().await.unwrap())
+        });
+    }
+    let mut issued = Vec::new();
+    while let Some(done) = set.join_next().await {
+        let (status, body) = done.unwrap();
+        assert_eq!(status, 200, "{body}");
+        if !body.is_empty() {
+            let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+            issued.push(body["access_token"].as_str().unwrap().to_string());
+        }
+    }
+    assert_eq!(issued.len(), 2 * REVOKED);
+    for token in &victims {
+        assert_eq!(introspect_raw(&oidc, &gw, token).await, INACTIVE);
+    }
+    for token in &issued {
+        assert_eq!(introspect(&oidc, &gw, token).await["active"], true);
+    }
+}
+
+/// The SQLite token writer's own connection
+/// (`store::tokens::DirectTokenWriter`) keeps the store's rules: a batch is
+/// one transaction (a row that breaks a constraint takes the others down
+/// with it), foreign keys hold, a second row with the same hash is a
+/// conflict, and once the store is closed it refuses as the pools do.
+#[tokio::test]
+async fn sqlite_token_writer_batches_are_all_or_nothing() {
+    use portcullis::store::tokens::{DirectTokenWriter, find_access};
+    use portcullis::store::{PoolSettings, Store, StoreError};
+    use portcullis::tokens::AccessTokenRecord;
+
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/db.sqlite?mode=rwc", dir.path().display());
+    let store = Store::connect(&url, &PoolSettings::default())
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    let clock = portcullis::clock::ManualClock::new(1_800_000_000_000);
+    portcullis::oauth::clients::register(
+        &store,
+        &clock,
+        &portcullis::audit::AuditContext::system("test"),
+        portcullis::oauth::clients::NewClient {
+            name: "svc".into(),
+            id: Some("svc".into()),
+            grant_types: vec!["client_credentials".into()],
+            scope: Some("api".into()),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let record = |client: &str| AccessTokenRecord {
+        id: uuid::Uuid::new_v4().simple().to_string(),
+        client_id: client.into(),
+        user_id: None,
+        session_id: None,
+        family_id: None,
+        scope: "api".into(),
+        audience: None,
+        auth_time: None,
+        amr: None,
+        acr: None,
+        issued_at: 1_800_000_000,
+        expires_at: 1_800_000_600,
+        revoked_at: None,
+        family_revoked_at: None,
+        session_ended_at: None,
+        session_created_at: None,
+        session_last_seen_at: None,
+    };
+    let mut writer = DirectTokenWriter::open(&store)
+        .unwrap()
+        .expect("a SQLite file gets its own token writer");
+
+    let (good, orphan) = (record("svc"), record("no-such-client"));
+    let err = writer
+        .insert_batch(&[(&good, "hash-1"), (&orphan, "hash-2")])
+        .unwrap_err();
+    assert!(
+        !err.is_unavailable(),
+        "a broken row is not an outage: {err}"
+    );
+    assert!(
+        find_access(&store, "hash-1").await.unwrap().is_none(),
+        "the good row went down with the orphan"
+    );
+    assert!(find_access(&store, "hash-2").await.unwrap().is_none());
+
+    writer.insert_batch(&[(&good, "hash-1")]).unwrap();
+    let stored = find_access(&store, "hash-1").await.unwrap().unwrap();
+    assert_eq!(
+        (stored.id.as_str(), stored.client_id.as_str()),
+        (good.id.as_str(), "svc")
+    );
+    let twin = record("svc");
+    assert!(
+        matches!(
+            writer.insert_batch(&[(&twin, "hash-1")]),
+            Err(StoreError::Conflict(_))
+        ),
+        "a second row with the same hash"
+    );
+
+    store.close().await;
+    let err = writer
+        .insert_batch(&[(&record("svc"), "hash-3")])
+        .unwrap_err();
+    assert!(err.is_unavailable(), "{err}");
+
+    // An in-memory database has no file to open twice: its pools write.
+    let memory = Store::connect("sqlite::memory:", &PoolSettings::default())
+        .await
+        .unwrap();
+    assert!(DirectTokenWriter::open(&memory).unwrap().is_none());
+}
+
 /// On SQLite the write-ahead log is copied into the database file by a
 /// background task, long before the writer's own checkpoint threshold
-/// (`store::WRITER_AUTOCHECKPOINT` pages) would: tokens just issued reach the
+/// (`wal_autocheckpoint` in `store::SQLITE_CONNECTION_SETUP`) would: tokens just issued reach the
 /// main file, which an `immutable` connection reads without the log.
 #[tokio::test]
 async fn sqlite_log_is_checkpointed_in_the_background() {

@@ -22,8 +22,9 @@ pub mod tokens;
 pub mod users;
 pub mod webauthn;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
@@ -64,6 +65,9 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("database error: {0}")]
     Database(sqlx::Error),
+    /// From a connection outside sqlx (`tokens::DirectTokenWriter`).
+    #[error("database error: {0}")]
+    Sqlite(rusqlite::Error),
 }
 
 /// Names of UNIQUE / PRIMARY KEY constraints mapped to what they protect.
@@ -104,6 +108,32 @@ impl From<sqlx::Error> for StoreError {
             | sqlx::Error::WorkerCrashed => StoreError::Unavailable(err.to_string()),
             _ => StoreError::Database(err),
         }
+    }
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(err: rusqlite::Error) -> Self {
+        if let rusqlite::Error::SqliteFailure(failure, message) = &err {
+            if failure.code == rusqlite::ErrorCode::ConstraintViolation
+                && matches!(
+                    failure.extended_code,
+                    rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
+                        | rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
+                )
+            {
+                let text = message.as_deref().unwrap_or("");
+                return StoreError::Conflict(
+                    UNIQUE_CONSTRAINTS
+                        .iter()
+                        .find(|(needle, _)| text.contains(needle))
+                        .map_or("key", |(_, what)| what),
+                );
+            }
+            if unavailable_code(Some(&failure.extended_code.to_string())) {
+                return StoreError::Unavailable(err.to_string());
+            }
+        }
+        StoreError::Sqlite(err)
     }
 }
 
@@ -167,6 +197,9 @@ pub struct Store {
     /// SQLite file databases: one connection that copies the write-ahead log
     /// into the database file (see [`Store::checkpoint`]).
     checkpointer: Option<AnyPool>,
+    /// SQLite file databases: the file, for connections opened outside the
+    /// pools (`tokens::DirectTokenWriter`).
+    sqlite_file: Option<Arc<Path>>,
     /// Security-event webhooks: `audit::record` queues a delivery to each
     /// in the transaction that writes the event (see `security::events`).
     webhooks: std::sync::Arc<[crate::config::WebhookEndpoint]>,
@@ -226,6 +259,7 @@ impl Store {
                     reader: pool.clone(),
                     writer: pool,
                     checkpointer: None,
+                    sqlite_file: None,
                     webhooks: Vec::new().into(),
                 })
             }
@@ -237,12 +271,13 @@ impl Store {
                 let writer = sqlite_pool(options.clone(), 1, settings).await?;
                 // A shared-cache in-memory database uses table locks that a
                 // busy timeout does not wait for: keep it on one connection.
-                let (reader, checkpointer) = if in_memory {
-                    (writer.clone(), None)
+                let (reader, checkpointer, sqlite_file) = if in_memory {
+                    (writer.clone(), None, None)
                 } else {
                     (
                         sqlite_pool(options.clone(), settings.max_connections, settings).await?,
                         Some(sqlite_pool(options, 1, settings).await?),
+                        Some(sqlite_main_file(&writer).await?),
                     )
                 };
                 Ok(Store {
@@ -250,6 +285,7 @@ impl Store {
                     reader,
                     writer,
                     checkpointer,
+                    sqlite_file,
                     webhooks: Vec::new().into(),
                 })
             }
@@ -308,7 +344,7 @@ impl Store {
     /// Run in the background ([`crate::app`]), it takes the copying off the
     /// writer: otherwise the commit that crosses `wal_autocheckpoint` pays for
     /// it, and every request waiting on that commit with it. The writer's own
-    /// checkpoint, at [`WRITER_AUTOCHECKPOINT`], then only copies what arrived
+    /// checkpoint, at `wal_autocheckpoint` ([`SQLITE_CONNECTION_SETUP`]), then only copies what arrived
     /// since the last pass here, and lets the log start over.
     pub async fn checkpoint(&self) -> StoreResult<bool> {
         let Some(pool) = &self.checkpointer else {
@@ -320,10 +356,20 @@ impl Store {
         Ok(true)
     }
 
+    /// The database file of a SQLite store (not in memory).
+    pub(crate) fn sqlite_file(&self) -> Option<&Path> {
+        self.sqlite_file.as_deref()
+    }
+
     /// Readiness probe: one round trip to the database.
     pub async fn ping(&self) -> StoreResult<()> {
         sqlx::query("SELECT 1").execute(&self.reader).await?;
         Ok(())
+    }
+
+    /// After [`Store::close`].
+    pub(crate) fn is_closed(&self) -> bool {
+        self.writer.is_closed()
     }
 
     pub async fn close(&self) {
@@ -339,10 +385,23 @@ impl Store {
 /// (HikariCP's `aliveBypassWindowMs` has the same default).
 const PING_IF_IDLE_FOR: Duration = Duration::from_millis(500);
 
-/// Write-ahead-log pages (4 KiB each) at which a committing connection runs
-/// a checkpoint itself: SQLite's default is 1000; a larger log between
-/// restarts lets the background checkpointer do nearly all the copying.
-const WRITER_AUTOCHECKPOINT: u32 = 10_000;
+/// Run on every SQLite connection, pooled or not. WAL lets readers run
+/// beside the writer; synchronous=FULL makes every acknowledged commit
+/// durable across power loss. Statement journals (a statement writing
+/// several rows inside a transaction, such as revoking a family, needs one)
+/// live in memory, not in a temporary file created and unlinked each time.
+/// `wal_autocheckpoint`: log pages (4 KiB each) before a committing
+/// connection checkpoints by itself; SQLite's default is 1000, a larger log
+/// between restarts lets the background checkpointer (`Store::checkpoint`)
+/// do nearly all the copying.
+pub(crate) const SQLITE_CONNECTION_SETUP: &str = concat!(
+    "PRAGMA journal_mode = WAL; ",
+    "PRAGMA synchronous = FULL; ",
+    "PRAGMA foreign_keys = ON; ",
+    "PRAGMA busy_timeout = 5000; ",
+    "PRAGMA temp_store = MEMORY; ",
+    "PRAGMA wal_autocheckpoint = 10000;",
+);
 
 async fn sqlite_pool(
     options: AnyConnectOptions,
@@ -357,30 +416,28 @@ async fn sqlite_pool(
         .test_before_acquire(false)
         .after_connect(|conn, _meta| {
             Box::pin(async move {
-                // WAL lets readers run beside the writer; synchronous=FULL makes
-                // every acknowledged commit durable across power loss.
-                conn.execute("PRAGMA journal_mode = WAL").await?;
-                conn.execute("PRAGMA synchronous = FULL").await?;
-                conn.execute("PRAGMA foreign_keys = ON").await?;
-                conn.execute("PRAGMA busy_timeout = 5000").await?;
-                // Statement journals (a statement writing several rows
-                // inside a transaction, such as revoking a family, needs
-                // one) in memory, not in a temporary file created and
-                // unlinked each time.
-                conn.execute("PRAGMA temp_store = MEMORY").await?;
-                // Log pages before the committing connection checkpoints by
-                // itself; a background task checkpoints long before that
-                // (`Store::checkpoint`).
-                conn.execute(sqlx::AssertSqlSafe(format!(
-                    "PRAGMA wal_autocheckpoint = {WRITER_AUTOCHECKPOINT}"
-                )))
-                .await?;
+                conn.execute(SQLITE_CONNECTION_SETUP).await?;
                 Ok(())
             })
         })
         .connect_with(options)
         .await?;
     Ok(pool)
+}
+
+/// The path SQLite opened for the main database (absolute, so a later
+/// change of working directory cannot point another connection elsewhere).
+async fn sqlite_main_file(writer: &AnyPool) -> StoreResult<Arc<Path>> {
+    let (file,): (String,) =
+        sqlx::query_as("SELECT file FROM pragma_database_list WHERE name = 'main'")
+            .fetch_one(writer)
+            .await?;
+    if file.is_empty() {
+        return Err(StoreError::Corrupt(
+            "SQLite reports no file for the main database".into(),
+        ));
+    }
+    Ok(PathBuf::from(file).into())
 }
 
 /// `sqlite://data/portcullis.db?mode=rwc` → create `data/` so a fresh clone

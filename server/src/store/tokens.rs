@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use super::{Store, StoreResult, Tx};
+use super::{Store, StoreError, StoreResult, Tx};
 use crate::tokens::{AccessTokenRecord, RefreshTokenRecord};
 
 pub async fn insert_family(
@@ -27,7 +27,7 @@ pub async fn insert_family(
 }
 
 /// Many access tokens in one statement, committed on its own (group
-/// commit, `tokens::batch`).
+/// commit, `tokens::batch`; SQLite files use [`DirectTokenWriter`]).
 pub async fn insert_access_batch(
     store: &Store,
     rows: &[(&AccessTokenRecord, &str)],
@@ -41,18 +41,99 @@ pub async fn insert_access_batch(
     Ok(())
 }
 
-/// `INSERT … VALUES (…), (…)` for `rows`. SQLite gets anonymous `?`
+/// The writer of access tokens minted on their own (client credentials,
+/// token exchange) on a SQLite file: a connection of its own, used
+/// synchronously by one thread (`tokens::batch`).
+///
+/// Why not the pool's writer: through sqlx each batch is a round trip to
+/// the connection's worker thread and back to the async task, and on two
+/// busy cores those hand-overs cost more than the insert and its fsync
+/// together (bench/README.md, "Where the time goes"). SQLite serialises it
+/// with the pool's writer by its write lock; the loser waits out
+/// `busy_timeout` like any second connection.
+pub struct DirectTokenWriter {
+    conn: rusqlite::Connection,
+    insert_one: String,
+    /// Once its pools are closed ([`Store::close`]) this writer refuses
+    /// too, as they do.
+    store: Store,
+}
+
+impl std::fmt::Debug for DirectTokenWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DirectTokenWriter")
+    }
+}
+
+impl DirectTokenWriter {
+    /// `None` unless `store` is a SQLite file (PostgreSQL and in-memory
+    /// databases keep to the pools).
+    pub fn open(store: &Store) -> StoreResult<Option<DirectTokenWriter>> {
+        let Some(file) = store.sqlite_file() else {
+            return Ok(None);
+        };
+        let conn = rusqlite::Connection::open_with_flags(
+            file,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.execute_batch(super::SQLITE_CONNECTION_SETUP)?;
+        Ok(Some(DirectTokenWriter {
+            conn,
+            insert_one: insert_access_sql(super::Backend::Sqlite, 1),
+            store: store.clone(),
+        }))
+    }
+
+    /// Stores `rows` in one transaction (one fsync); blocks until it is
+    /// durable. All or none: a failing row fails the batch.
+    pub fn insert_batch(&mut self, rows: &[(&AccessTokenRecord, &str)]) -> StoreResult<()> {
+        if self.store.is_closed() {
+            return Err(StoreError::Unavailable("the store is closed".into()));
+        }
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        {
+            // One single-row statement, prepared once and cached: a
+            // multi-row statement per batch size would keep up to 256
+            // prepared programs of up to 3328 parameters in memory.
+            let mut insert = tx.prepare_cached(&self.insert_one)?;
+            for (t, hash) in rows {
+                insert.execute(rusqlite::params![
+                    hash,
+                    t.id,
+                    t.client_id,
+                    t.user_id,
+                    t.session_id,
+                    t.family_id,
+                    t.scope,
+                    t.audience,
+                    t.auth_time,
+                    t.amr,
+                    t.acr,
+                    t.issued_at,
+                    t.expires_at,
+                ])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+}
+
+/// Columns of one access-token row, in the order every INSERT binds them.
+const ACCESS_INSERT_COLUMNS: &str = "token_hash, id, client_id, user_id, session_id, family_id, scope, audience, \
+     auth_time, amr, acr, issued_at, expires_at";
+const ACCESS_COLUMN_COUNT: usize = 13;
+
+/// `INSERT … VALUES (…), (…)` for `rows` rows. SQLite gets anonymous `?`
 /// placeholders: it resolves each named `$n` by a linear search, which made
 /// binding a batch quadratic in its size.
-fn insert_access_query<'q>(
-    backend: super::Backend,
-    rows: &[(&AccessTokenRecord, &str)],
-) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments> {
-    const COLS: usize = 13;
-    let mut values = String::with_capacity(rows.len() * COLS * 6);
-    for i in 0..rows.len() {
+fn insert_access_sql(backend: super::Backend, rows: usize) -> String {
+    let mut values = String::with_capacity(rows * ACCESS_COLUMN_COUNT * 6);
+    for i in 0..rows {
         values.push_str(if i == 0 { "(" } else { ", (" });
-        for c in 1..=COLS {
+        for c in 1..=ACCESS_COLUMN_COUNT {
             if c > 1 {
                 values.push_str(", ");
             }
@@ -60,17 +141,21 @@ fn insert_access_query<'q>(
                 super::Backend::Sqlite => values.push('?'),
                 // Writing into a String cannot fail.
                 super::Backend::Postgres => {
-                    let _ = write!(values, "${}", i * COLS + c);
+                    let _ = write!(values, "${}", i * ACCESS_COLUMN_COUNT + c);
                 }
             }
         }
         values.push(')');
     }
     // The SQL text holds only generated placeholders, never data.
-    let sql = format!(
-        "INSERT INTO access_tokens (token_hash, id, client_id, user_id, session_id, family_id, scope, audience, \
-         auth_time, amr, acr, issued_at, expires_at) VALUES {values}"
-    );
+    format!("INSERT INTO access_tokens ({ACCESS_INSERT_COLUMNS}) VALUES {values}")
+}
+
+fn insert_access_query<'q>(
+    backend: super::Backend,
+    rows: &[(&AccessTokenRecord, &str)],
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments> {
+    let sql = insert_access_sql(backend, rows.len());
     let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
     for (t, hash) in rows {
         q = q
