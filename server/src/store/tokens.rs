@@ -41,8 +41,8 @@ pub async fn insert_access_batch(
     Ok(())
 }
 
-/// The writer of access tokens minted on their own (client credentials,
-/// token exchange) on a SQLite file: a connection of its own, used
+/// The writer of access tokens minted on their own (client credentials)
+/// on a SQLite file: a connection of its own, used
 /// synchronously by one thread (`tokens::batch`).
 ///
 /// Why not the pool's writer: through sqlx each batch is a round trip to
