@@ -294,6 +294,7 @@ pub async fn serve(
     let refund_expiry = tokio::spawn(crate::refunds::expire_periodically(state.clone()));
     let lockout_purge = tokio::spawn(crate::security::lockout::purge_periodically(state.clone()));
     let checkpointer = tokio::spawn(checkpoint_periodically(state.clone()));
+    let token_purge = tokio::spawn(crate::tokens::janitor::purge_periodically(state.clone()));
     let audit_verify = tokio::spawn(crate::security::events::verify_audit_chain_periodically(
         state.clone(),
     ));
@@ -326,6 +327,7 @@ pub async fn serve(
     lockout_purge.abort();
     audit_verify.abort();
     checkpointer.abort();
+    token_purge.abort();
     if let Some(l) = listener {
         l.abort();
     }

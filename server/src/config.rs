@@ -94,6 +94,10 @@ pub struct TokensConfig {
     /// Upper bound on how long an introspection result may be served from
     /// memory; revocations also clear the cache at once (LISTEN/NOTIFY).
     pub introspection_cache_ttl: Duration,
+    /// How long dead tokens, families, codes and authorization requests
+    /// are kept before the janitor deletes them (`tokens::janitor`).
+    pub purge_after: Duration,
+    pub purge_interval: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -155,6 +159,8 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("tokens.id_token_ttl", "1h"),
     ("tokens.internal_jwt_ttl", "5m"),
     ("tokens.introspection_cache_ttl", "1s"),
+    ("tokens.purge_after", "1d"),
+    ("tokens.purge_interval", "1m"),
     ("sessions.idle_timeout", "30m"),
     ("sessions.absolute_timeout", "12h"),
     ("refunds.four_eyes_threshold", ""),
@@ -291,6 +297,9 @@ impl Config {
             "tokens.introspection_cache_ttl",
             get("tokens.introspection_cache_ttl"),
         )?;
+        let purge_after = parse_key_duration("tokens.purge_after", get("tokens.purge_after"))?;
+        let purge_interval =
+            parse_key_duration("tokens.purge_interval", get("tokens.purge_interval"))?;
         let idle_timeout =
             parse_key_duration("sessions.idle_timeout", get("sessions.idle_timeout"))?;
         let absolute_timeout = parse_key_duration(
@@ -327,6 +336,8 @@ impl Config {
                 id_token_ttl,
                 internal_jwt_ttl,
                 introspection_cache_ttl,
+                purge_after,
+                purge_interval,
             },
             sessions: SessionsConfig {
                 idle_timeout,

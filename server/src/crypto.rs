@@ -29,11 +29,23 @@ pub fn random_id() -> String {
 /// An id is not a secret: its random part comes from the thread-local
 /// CSPRNG (seeded from the OS), not from a system call per id as secrets do.
 pub fn time_ordered_id(now_ms: i64) -> String {
-    let mut bytes = [0u8; 16];
-    let ms = u64::try_from(now_ms).unwrap_or(0).to_be_bytes();
-    bytes[..6].copy_from_slice(&ms[2..]);
+    let mut bytes = time_ordered_bytes(now_ms);
     rand::thread_rng().fill_bytes(&mut bytes[6..]);
     lower_hex(&bytes)
+}
+
+/// The smallest [`time_ordered_id`] of the millisecond `ms`: every id made
+/// before `ms` sorts below it.
+pub fn time_ordered_bound(ms: i64) -> String {
+    lower_hex(&time_ordered_bytes(ms))
+}
+
+/// 48 bits of milliseconds, then zeros.
+fn time_ordered_bytes(ms: i64) -> [u8; 16] {
+    let mut bytes = [0u8; 16];
+    let ms = u64::try_from(ms).unwrap_or(0).to_be_bytes();
+    bytes[..6].copy_from_slice(&ms[2..]);
+    bytes
 }
 
 /// A random (version 4) UUID for request ids; like [`time_ordered_id`], from

@@ -13,6 +13,7 @@ mod admin_ui;
 mod admin_ui_forms;
 mod foundation;
 mod gateway;
+mod janitor;
 mod mfa;
 mod oauth;
 mod refunds;

@@ -173,3 +173,34 @@ pub async fn mark_code_used(
     .await?;
     Ok(done.rows_affected() == 1)
 }
+
+/// Deletes up to [`super::tokens::PURGE_BATCH`] authorization requests that
+/// expired before `cutoff` (each lives minutes; `/authorize` creates one for
+/// anyone who asks, so they must not pile up).
+pub async fn purge_expired_requests(store: &Store, cutoff: i64) -> StoreResult<u64> {
+    let done = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DELETE FROM authorization_requests WHERE id IN (SELECT id FROM authorization_requests \
+         WHERE expires_at < $1 LIMIT {})",
+        super::tokens::PURGE_BATCH
+    )))
+    .bind(cutoff)
+    .execute(store.writer())
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// Deletes up to [`super::tokens::PURGE_BATCH`] codes never redeemed that
+/// expired before `cutoff`. A redeemed code belongs to its token family and
+/// goes with it ([`super::tokens::purge_dead_families`]), so that replaying
+/// it is caught for as long as the family lives.
+pub async fn purge_expired_codes(store: &Store, cutoff: i64) -> StoreResult<u64> {
+    let done = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DELETE FROM authorization_codes WHERE code_hash IN (SELECT code_hash FROM authorization_codes \
+         WHERE family_id IS NULL AND expires_at < $1 LIMIT {})",
+        super::tokens::PURGE_BATCH
+    )))
+    .bind(cutoff)
+    .execute(store.writer())
+    .await?;
+    Ok(done.rows_affected())
+}

@@ -452,3 +452,83 @@ pub async fn revoke_all_of_client(
     .await?;
     Ok(u64::try_from(live_access + live_refresh).unwrap_or(0))
 }
+
+/// Rows one purge statement removes at most: the SQLite write lock, which
+/// token issuance shares, is then held for milliseconds, not seconds.
+/// Written into the SQL text as a literal `LIMIT`: for a bound `LIMIT $n`
+/// PostgreSQL's generic plan expects a tenth of the table and hashes all
+/// of it instead of walking the index.
+pub const PURGE_BATCH: i64 = 1000;
+
+/// `(placeholders, …)` text `$first, …, $(first + n - 1)` for an `IN` list.
+fn placeholders(first: usize, n: usize) -> String {
+    let mut out = String::with_capacity(n * 5);
+    for i in 0..n {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        // Writing into a String cannot fail.
+        let _ = write!(out, "${}", first + i);
+    }
+    out
+}
+
+/// Deletes up to [`PURGE_BATCH`] token families that nothing can use any
+/// more — revoked before `cutoff`, or without a refresh or access token
+/// still valid at `cutoff` — with all their tokens and the authorization
+/// code they came from, in one transaction. A family that still has a
+/// valid token is kept whole, so presenting one of its rotated refresh
+/// tokens is still caught as reuse. Returns the number of families.
+pub async fn purge_dead_families(store: &Store, cutoff: i64) -> StoreResult<u64> {
+    let mut tx = store.begin().await?;
+    let ids: Vec<(String,)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT f.id FROM token_families f WHERE f.created_at < $1 AND (f.revoked_at < $1 OR ( \
+           NOT EXISTS (SELECT 1 FROM refresh_tokens r WHERE r.family_id = f.id \
+             AND r.expires_at >= $1 AND (r.revoked_at IS NULL OR r.revoked_at >= $1)) \
+           AND NOT EXISTS (SELECT 1 FROM access_tokens a WHERE a.family_id = f.id \
+             AND a.expires_at >= $1 AND (a.revoked_at IS NULL OR a.revoked_at >= $1)))) \
+         LIMIT {PURGE_BATCH}"
+    )))
+    .bind(cutoff)
+    .fetch_all(&mut *tx)
+    .await?;
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let list = placeholders(1, ids.len());
+    // Children first: every one of them refers to the family.
+    for table in ["access_tokens", "refresh_tokens", "authorization_codes"] {
+        let sql = format!("DELETE FROM {table} WHERE family_id IN ({list})");
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (id,) in &ids {
+            q = q.bind(id.as_str());
+        }
+        q.execute(&mut *tx).await?;
+    }
+    let sql = format!("DELETE FROM token_families WHERE id IN ({list})");
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for (id,) in &ids {
+        q = q.bind(id.as_str());
+    }
+    let done = q.execute(&mut *tx).await?;
+    tx.commit().await?;
+    Ok(done.rows_affected())
+}
+
+/// Deletes up to [`PURGE_BATCH`] access tokens that expired before
+/// `cutoff`. Access-token ids are time-ordered by issuance
+/// ([`crate::crypto::time_ordered_id`]) and a token expires after it is
+/// issued, so `id < bound` narrows the search to the old end of the
+/// `id` index instead of scanning the table; `expires_at` decides.
+pub async fn purge_expired_access(store: &Store, cutoff: i64) -> StoreResult<u64> {
+    let issued_before = crate::crypto::time_ordered_bound(cutoff.saturating_mul(1000));
+    let done = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DELETE FROM access_tokens WHERE token_hash IN (SELECT token_hash FROM access_tokens \
+         WHERE id < $1 AND expires_at < $2 LIMIT {PURGE_BATCH})"
+    )))
+    .bind(issued_before)
+    .bind(cutoff)
+    .execute(store.writer())
+    .await?;
+    Ok(done.rows_affected())
+}

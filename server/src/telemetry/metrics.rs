@@ -23,6 +23,8 @@ pub struct Metrics {
     /// carried: their ratio is the batch size the load produces.
     pub token_batches: AtomicU64,
     pub token_batch_rows: AtomicU64,
+    /// Rows deleted by the token janitor (`tokens::janitor`).
+    pub tokens_purged: AtomicU64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -99,6 +101,11 @@ impl Metrics {
                 "portcullis_token_batch_rows_total",
                 "Access tokens stored by group commits.",
                 &self.token_batch_rows,
+            ),
+            (
+                "portcullis_tokens_purged_total",
+                "Expired tokens, token families, codes and authorization requests deleted.",
+                &self.tokens_purged,
             ),
         ] {
             let _ = writeln!(

@@ -7,6 +7,7 @@ pub mod batch;
 pub mod cache;
 pub mod exchange;
 pub mod introspect;
+pub mod janitor;
 pub mod jwt;
 pub mod revoke;
 
