@@ -734,7 +734,6 @@ async fn issuance_and_revocation_interleave(backend: Backend) {
 async fn sqlite_token_writer_batches_are_all_or_nothing() {
     use portcullis::store::tokens::{DirectTokenWriter, find_access};
     use portcullis::store::{PoolSettings, Store, StoreError};
-    use portcullis::tokens::AccessTokenRecord;
 
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}/db.sqlite?mode=rwc", dir.path().display());
@@ -757,25 +756,7 @@ async fn sqlite_token_writer_batches_are_all_or_nothing() {
     )
     .await
     .unwrap();
-    let record = |client: &str| AccessTokenRecord {
-        id: uuid::Uuid::new_v4().simple().to_string(),
-        client_id: client.into(),
-        user_id: None,
-        session_id: None,
-        family_id: None,
-        scope: "api".into(),
-        audience: None,
-        auth_time: None,
-        amr: None,
-        acr: None,
-        issued_at: 1_800_000_000,
-        expires_at: 1_800_000_600,
-        revoked_at: None,
-        family_revoked_at: None,
-        session_ended_at: None,
-        session_created_at: None,
-        session_last_seen_at: None,
-    };
+    let record = |client: &str| standalone_token(client, 1_800_000_000, 1_800_000_600);
     let mut writer = DirectTokenWriter::open(&store)
         .unwrap()
         .expect("a SQLite file gets its own token writer");
@@ -903,4 +884,33 @@ fn access_token_ids_sort_by_creation_time_and_differ() {
     assert_ne!(later, same_ms, "80 random bits follow the time");
     assert_eq!(&later[..12], &same_ms[..12]);
     assert_eq!(&earlier[..12], "018bcfe56800");
+}
+
+/// A client-credentials access-token row (no user, session or family) of
+/// `client`, issued and expiring at the given unix seconds, with a
+/// time-ordered id of its issuance, as the server makes them.
+pub fn standalone_token(
+    client: &str,
+    issued_at: i64,
+    expires_at: i64,
+) -> portcullis::tokens::AccessTokenRecord {
+    portcullis::tokens::AccessTokenRecord {
+        id: portcullis::crypto::time_ordered_id(issued_at * 1000),
+        client_id: client.into(),
+        user_id: None,
+        session_id: None,
+        family_id: None,
+        scope: "api".into(),
+        audience: None,
+        auth_time: None,
+        amr: None,
+        acr: None,
+        issued_at,
+        expires_at,
+        revoked_at: None,
+        family_revoked_at: None,
+        session_ended_at: None,
+        session_created_at: None,
+        session_last_seen_at: None,
+    }
 }

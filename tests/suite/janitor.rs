@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use portcullis::tokens::janitor::{Purged, purge};
 
+use crate::gateway::standalone_token;
 use crate::oauth::flow::{AuthRequest, Oidc, PASSWORD};
 use crate::support::{Backend, eventually, raw_pool};
 
@@ -169,25 +170,7 @@ async fn purge_drains_more_than_one_batch(backend: Backend) {
         .await;
     let store = oidc.env.store().await;
     let now = unix_now();
-    let record = |issued_at: i64, expires_at: i64| AccessTokenRecord {
-        id: portcullis::crypto::time_ordered_id(issued_at * 1000),
-        client_id: "svc".into(),
-        user_id: None,
-        session_id: None,
-        family_id: None,
-        scope: "api".into(),
-        audience: None,
-        auth_time: None,
-        amr: None,
-        acr: None,
-        issued_at,
-        expires_at,
-        revoked_at: None,
-        family_revoked_at: None,
-        session_ended_at: None,
-        session_created_at: None,
-        session_last_seen_at: None,
-    };
+    let record = |issued_at, expires_at| standalone_token("svc", issued_at, expires_at);
     let batch = usize::try_from(portcullis::store::tokens::PURGE_BATCH).unwrap();
     let expired = 2 * batch + 17;
     let mut records: Vec<(AccessTokenRecord, String)> = (0..expired)
