@@ -232,3 +232,43 @@ async fn janitor_runs_in_the_background(backend: Backend) {
     assert_eq!(counts(&oidc).await[2], 1, "the live family stays");
     oidc.refresh(&app, &rt).await.ok();
 }
+
+/// Replicas sharing one PostgreSQL take turns: while one janitor holds the
+/// purge lock (a transaction-level advisory lock), another one's pass
+/// deletes nothing and fails nothing; once it is released, it purges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_replicas_take_turns_purging() {
+    use sqlx::Connection;
+
+    let Some(backend) = Backend::postgres() else {
+        return;
+    };
+    let oidc = Oidc::start(backend).await;
+    oidc.client("svc", &["--grant", "client_credentials", "--scope", "api"])
+        .await;
+    let store = oidc.env.store().await;
+    let now = unix_now();
+    let expired = standalone_token("svc", now - 7200, now - 6600);
+    portcullis::store::tokens::insert_access_batch(&store, &[(&expired, "expired-1")])
+        .await
+        .unwrap();
+
+    // The other replica, in the middle of a batch.
+    let mut other = sqlx::AnyConnection::connect(&oidc.env.database_url())
+        .await
+        .unwrap();
+    let mut other_tx = other.begin().await.unwrap();
+    let (held,): (i32,) =
+        sqlx::query_as("SELECT CASE WHEN pg_try_advisory_xact_lock($1) THEN 1 ELSE 0 END")
+            .bind(portcullis::store::tokens::PURGE_LOCK)
+            .fetch_one(&mut *other_tx)
+            .await
+            .unwrap();
+    assert_eq!(held, 1);
+    assert_eq!(purge(&store, now).await.unwrap(), Purged::default());
+    assert_eq!(counts(&oidc).await[0], 1);
+
+    other_tx.rollback().await.unwrap();
+    assert_eq!(purge(&store, now).await.unwrap().access_tokens, 1);
+    assert_eq!(counts(&oidc).await[0], 0);
+}

@@ -178,14 +178,18 @@ pub async fn mark_code_used(
 /// expired before `cutoff` (each lives minutes; `/authorize` creates one for
 /// anyone who asks, so they must not pile up).
 pub async fn purge_expired_requests(store: &Store, cutoff: i64) -> StoreResult<u64> {
+    let Some(mut tx) = super::tokens::begin_purge(store).await? else {
+        return Ok(0);
+    };
     let done = sqlx::query(sqlx::AssertSqlSafe(format!(
         "DELETE FROM authorization_requests WHERE id IN (SELECT id FROM authorization_requests \
          WHERE expires_at < $1 LIMIT {})",
         super::tokens::PURGE_BATCH
     )))
     .bind(cutoff)
-    .execute(store.writer())
+    .execute(&mut *tx)
     .await?;
+    tx.commit().await?;
     Ok(done.rows_affected())
 }
 
@@ -194,13 +198,17 @@ pub async fn purge_expired_requests(store: &Store, cutoff: i64) -> StoreResult<u
 /// goes with it ([`super::tokens::purge_dead_families`]), so that replaying
 /// it is caught for as long as the family lives.
 pub async fn purge_expired_codes(store: &Store, cutoff: i64) -> StoreResult<u64> {
+    let Some(mut tx) = super::tokens::begin_purge(store).await? else {
+        return Ok(0);
+    };
     let done = sqlx::query(sqlx::AssertSqlSafe(format!(
         "DELETE FROM authorization_codes WHERE code_hash IN (SELECT code_hash FROM authorization_codes \
          WHERE family_id IS NULL AND expires_at < $1 LIMIT {})",
         super::tokens::PURGE_BATCH
     )))
     .bind(cutoff)
-    .execute(store.writer())
+    .execute(&mut *tx)
     .await?;
+    tx.commit().await?;
     Ok(done.rows_affected())
 }

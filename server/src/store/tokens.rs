@@ -460,6 +460,31 @@ pub async fn revoke_all_of_client(
 /// of it instead of walking the index.
 pub const PURGE_BATCH: i64 = 1000;
 
+/// PostgreSQL advisory-lock key held by the janitor of one replica while
+/// it purges a batch (the bytes of "pcpurge").
+pub const PURGE_LOCK: i64 = 0x0070_6370_7572_6765;
+
+/// Opens the transaction of one purge batch, or `None` while another
+/// replica's janitor holds the purge lock. Two replicas deleting the same
+/// rows at once would only queue on each other's row locks, or deadlock
+/// when they meet them in different orders. On SQLite the one process is
+/// the only writer.
+pub(super) async fn begin_purge(store: &Store) -> StoreResult<Option<Tx>> {
+    let mut tx = store.begin().await?;
+    if store.backend() == super::Backend::Postgres {
+        let (got,): (i32,) =
+            sqlx::query_as("SELECT CASE WHEN pg_try_advisory_xact_lock($1) THEN 1 ELSE 0 END")
+                .bind(PURGE_LOCK)
+                .fetch_one(&mut *tx)
+                .await?;
+        if got == 0 {
+            tx.rollback().await?;
+            return Ok(None);
+        }
+    }
+    Ok(Some(tx))
+}
+
 /// `(placeholders, …)` text `$first, …, $(first + n - 1)` for an `IN` list.
 fn placeholders(first: usize, n: usize) -> String {
     let mut out = String::with_capacity(n * 5);
@@ -480,7 +505,9 @@ fn placeholders(first: usize, n: usize) -> String {
 /// valid token is kept whole, so presenting one of its rotated refresh
 /// tokens is still caught as reuse. Returns the number of families.
 pub async fn purge_dead_families(store: &Store, cutoff: i64) -> StoreResult<u64> {
-    let mut tx = store.begin().await?;
+    let Some(mut tx) = begin_purge(store).await? else {
+        return Ok(0);
+    };
     let ids: Vec<(String,)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT f.id FROM token_families f WHERE f.created_at < $1 AND (f.revoked_at < $1 OR ( \
            NOT EXISTS (SELECT 1 FROM refresh_tokens r WHERE r.family_id = f.id \
@@ -493,6 +520,10 @@ pub async fn purge_dead_families(store: &Store, cutoff: i64) -> StoreResult<u64>
     .fetch_all(&mut *tx)
     .await?;
     if ids.is_empty() {
+        // Ended here, not when dropped: a dropped transaction is rolled
+        // back only when its connection is next used, and until then it
+        // would keep holding the purge lock.
+        tx.commit().await?;
         return Ok(0);
     }
     let list = placeholders(1, ids.len());
@@ -521,6 +552,9 @@ pub async fn purge_dead_families(store: &Store, cutoff: i64) -> StoreResult<u64>
 /// issued, so `id < bound` narrows the search to the old end of the
 /// `id` index instead of scanning the table; `expires_at` decides.
 pub async fn purge_expired_access(store: &Store, cutoff: i64) -> StoreResult<u64> {
+    let Some(mut tx) = begin_purge(store).await? else {
+        return Ok(0);
+    };
     let issued_before = crate::crypto::time_ordered_bound(cutoff.saturating_mul(1000));
     let done = sqlx::query(sqlx::AssertSqlSafe(format!(
         "DELETE FROM access_tokens WHERE token_hash IN (SELECT token_hash FROM access_tokens \
@@ -528,7 +562,8 @@ pub async fn purge_expired_access(store: &Store, cutoff: i64) -> StoreResult<u64
     )))
     .bind(issued_before)
     .bind(cutoff)
-    .execute(store.writer())
+    .execute(&mut *tx)
     .await?;
+    tx.commit().await?;
     Ok(done.rows_affected())
 }
