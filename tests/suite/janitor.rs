@@ -111,16 +111,18 @@ async fn purge_removes_only_what_nothing_can_use(backend: Backend) {
     // Nothing died a minute ago: nothing goes, the revoked family included
     // (it is kept `purge_after` beyond its revocation).
     assert_eq!(
-        purge(&store, unix_now() - 60).await.unwrap(),
+        purge(&store, unix_now() - 60, unix_now()).await.unwrap(),
         Purged::default()
     );
     assert_eq!(counts(&oidc).await, before);
 
     // Past the access-token lifetime (10m) but well inside the refresh
-    // token's (30d): every access token, the revoked family (its refresh
-    // token and code), the unredeemed code and every request go; family 1
+    // token's (30d): every access token, the revoked family's refresh
+    // token and code, the unredeemed code and every request go; family 1
     // stays whole, rotated token included.
-    let purged = purge(&store, unix_now() + 11 * 60).await.unwrap();
+    let purged = purge(&store, unix_now() + 11 * 60, unix_now())
+        .await
+        .unwrap();
     assert_eq!(
         purged,
         Purged {
@@ -130,7 +132,7 @@ async fn purge_removes_only_what_nothing_can_use(backend: Backend) {
             requests: 4
         }
     );
-    assert_eq!(counts(&oidc).await, [0, 2, 1, 1, 0], "{TABLES:?}");
+    assert_eq!(counts(&oidc).await, [0, 2, 2, 1, 0], "{TABLES:?}");
     // (Not introspected before, so no cached answer stands in for the row.)
     assert!(!oidc.is_active(&gw, &cc).await, "its row is gone");
     oidc.refresh(&app, &revoked_rt)
@@ -149,13 +151,35 @@ async fn purge_removes_only_what_nothing_can_use(backend: Backend) {
         .await
         .assert_error(400, "invalid_grant");
 
-    // Beyond the refresh lifetime everything is gone; a second pass finds
-    // nothing more.
-    let purged = purge(&store, unix_now() + 31 * 86_400).await.unwrap();
+    // Beyond the refresh lifetime every token and code is gone; a second
+    // pass finds nothing more.
+    let purged = purge(&store, unix_now() + 31 * 86_400, unix_now())
+        .await
+        .unwrap();
     assert_eq!(purged.families, 1);
-    assert_eq!(counts(&oidc).await, [0; 5], "{TABLES:?}");
+    assert_eq!(counts(&oidc).await, [0, 0, 2, 0, 0], "{TABLES:?}");
+    // The family rows stay, marked: they record which clients each
+    // session gave tokens to (admin session view, back-channel logout).
+    let pool = raw_pool(&oidc.env.database_url()).await;
+    let families: Vec<(String, Option<i64>)> =
+        sqlx::query_as("SELECT session_id, purged_at FROM token_families")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    pool.close().await;
+    for (sid, purged_at) in families {
+        assert!(purged_at.is_some());
+        assert_eq!(
+            portcullis::store::sessions::client_ids(&store, &sid)
+                .await
+                .unwrap(),
+            vec!["shop".to_string()]
+        );
+    }
     assert_eq!(
-        purge(&store, unix_now() + 31 * 86_400).await.unwrap(),
+        purge(&store, unix_now() + 31 * 86_400, unix_now())
+            .await
+            .unwrap(),
         Purged::default()
     );
 }
@@ -187,7 +211,7 @@ async fn purge_drains_more_than_one_batch(backend: Backend) {
             .await
             .unwrap();
     }
-    let purged = purge(&store, now).await.unwrap();
+    let purged = purge(&store, now, unix_now()).await.unwrap();
     assert_eq!(purged.access_tokens, expired as u64);
     assert_eq!(counts(&oidc).await[0], 1);
     assert!(
@@ -229,7 +253,14 @@ async fn janitor_runs_in_the_background(backend: Backend) {
     );
     let purged = oidc.metric("portcullis_tokens_purged_total").await.unwrap();
     assert!(purged >= 2.0, "{purged}");
-    assert_eq!(counts(&oidc).await[2], 1, "the live family stays");
+    let pool = raw_pool(&oidc.env.database_url()).await;
+    let (unpurged,): (i64,) =
+        sqlx::query_as("SELECT COUNT(*) FROM token_families WHERE purged_at IS NULL")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    pool.close().await;
+    assert_eq!(unpurged, 1, "the live family stays whole");
     oidc.refresh(&app, &rt).await.ok();
 }
 
@@ -265,10 +296,16 @@ async fn postgres_replicas_take_turns_purging() {
             .await
             .unwrap();
     assert_eq!(held, 1);
-    assert_eq!(purge(&store, now).await.unwrap(), Purged::default());
+    assert_eq!(
+        purge(&store, now, unix_now()).await.unwrap(),
+        Purged::default()
+    );
     assert_eq!(counts(&oidc).await[0], 1);
 
     other_tx.rollback().await.unwrap();
-    assert_eq!(purge(&store, now).await.unwrap().access_tokens, 1);
+    assert_eq!(
+        purge(&store, now, unix_now()).await.unwrap().access_tokens,
+        1
+    );
     assert_eq!(counts(&oidc).await[0], 0);
 }

@@ -498,18 +498,21 @@ fn placeholders(first: usize, n: usize) -> String {
     out
 }
 
-/// Deletes up to [`PURGE_BATCH`] token families that nothing can use any
+/// Empties up to [`PURGE_BATCH`] token families that nothing can use any
 /// more — revoked before `cutoff`, or without a refresh or access token
-/// still valid at `cutoff` — with all their tokens and the authorization
-/// code they came from, in one transaction. A family that still has a
-/// valid token is kept whole, so presenting one of its rotated refresh
-/// tokens is still caught as reuse. Returns the number of families.
-pub async fn purge_dead_families(store: &Store, cutoff: i64) -> StoreResult<u64> {
+/// still valid at `cutoff`: deletes all their tokens and the authorization
+/// code they came from, and marks them `purged_at = now`, in one
+/// transaction. A family that still has a valid token is kept whole, so
+/// presenting one of its rotated refresh tokens is still caught as reuse.
+/// The family row itself stays: it records which clients a session gave
+/// tokens to (`sessions::client_ids`). Returns the number of families.
+pub async fn purge_dead_families(store: &Store, cutoff: i64, now: i64) -> StoreResult<u64> {
     let Some(mut tx) = begin_purge(store).await? else {
         return Ok(0);
     };
     let ids: Vec<(String,)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT f.id FROM token_families f WHERE f.created_at < $1 AND (f.revoked_at < $1 OR ( \
+        "SELECT f.id FROM token_families f WHERE f.purged_at IS NULL AND f.created_at < $1 \
+         AND (f.revoked_at < $1 OR ( \
            NOT EXISTS (SELECT 1 FROM refresh_tokens r WHERE r.family_id = f.id \
              AND r.expires_at >= $1 AND (r.revoked_at IS NULL OR r.revoked_at >= $1)) \
            AND NOT EXISTS (SELECT 1 FROM access_tokens a WHERE a.family_id = f.id \
@@ -526,24 +529,30 @@ pub async fn purge_dead_families(store: &Store, cutoff: i64) -> StoreResult<u64>
         tx.commit().await?;
         return Ok(0);
     }
-    let list = placeholders(1, ids.len());
-    // Children first: every one of them refers to the family.
-    for table in ["access_tokens", "refresh_tokens", "authorization_codes"] {
-        let sql = format!("DELETE FROM {table} WHERE family_id IN ({list})");
+    let n = ids.len();
+    let list = placeholders(1, n);
+    let bind_ids = |sql: String| {
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
         for (id,) in &ids {
             q = q.bind(id.as_str());
         }
-        q.execute(&mut *tx).await?;
+        q
+    };
+    // Children first: each refers to the family.
+    for table in ["access_tokens", "refresh_tokens", "authorization_codes"] {
+        bind_ids(format!("DELETE FROM {table} WHERE family_id IN ({list})"))
+            .execute(&mut *tx)
+            .await?;
     }
-    let sql = format!("DELETE FROM token_families WHERE id IN ({list})");
-    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-    for (id,) in &ids {
-        q = q.bind(id.as_str());
-    }
-    let done = q.execute(&mut *tx).await?;
+    bind_ids(format!(
+        "UPDATE token_families SET purged_at = ${} WHERE id IN ({list})",
+        n + 1
+    ))
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
     tx.commit().await?;
-    Ok(done.rows_affected())
+    Ok(u64::try_from(ids.len()).unwrap_or(u64::MAX))
 }
 
 /// Deletes up to [`PURGE_BATCH`] access tokens that expired before

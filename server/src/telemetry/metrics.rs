@@ -23,7 +23,7 @@ pub struct Metrics {
     /// carried: their ratio is the batch size the load produces.
     pub token_batches: AtomicU64,
     pub token_batch_rows: AtomicU64,
-    /// Rows deleted by the token janitor (`tokens::janitor`).
+    /// Rows purged by the token janitor (`tokens::janitor`).
     pub tokens_purged: AtomicU64,
 }
 
@@ -104,7 +104,7 @@ impl Metrics {
             ),
             (
                 "portcullis_tokens_purged_total",
-                "Expired tokens, token families, codes and authorization requests deleted.",
+                "Rows purged by the token janitor: access tokens, emptied token families, codes, authorization requests.",
                 &self.tokens_purged,
             ),
         ] {

@@ -1,9 +1,11 @@
-//! Deletes what can no longer be used: access tokens past expiry, token
-//! families that are revoked or have no valid token left (with their
-//! refresh tokens and authorization code), codes never redeemed, and
-//! pending authorization requests — each kept `tokens.purge_after` beyond
-//! the instant it died, for investigation. Without it every issued token
-//! stays a row forever, and `/authorize` lets anyone add rows.
+//! Deletes what can no longer be used: access tokens past expiry, the
+//! tokens and authorization code of token families that are revoked or
+//! have no valid token left, codes never redeemed, and pending
+//! authorization requests — each kept `tokens.purge_after` beyond the
+//! instant it died, for investigation. Without it every issued token stays
+//! a row forever, and `/authorize` lets anyone add rows. Family rows stay
+//! (marked purged): like the sessions they belong to, they are the record
+//! of which clients a session gave tokens to.
 //!
 //! Deleting changes no answer: introspection of an expired, revoked or
 //! unknown token is the same `{"active":false}`, revoking it the same
@@ -17,7 +19,7 @@ use std::time::Duration;
 use crate::app::AppState;
 use crate::store::{Store, StoreResult};
 
-/// Rows removed by one [`purge`], by kind.
+/// What one [`purge`] removed, by kind (`families`: families emptied).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Purged {
     pub families: u64,
@@ -32,15 +34,16 @@ impl Purged {
     }
 }
 
-/// Deletes everything that was dead before `cutoff` (unix seconds), in
+/// Deletes everything that was dead before `cutoff` (unix seconds; `now`
+/// marks the families emptied), in
 /// batches of [`crate::store::tokens::PURGE_BATCH`] rows; between batches
 /// it pauses so that token issuance, which shares SQLite's write lock, is
 /// never held up for long.
-pub async fn purge(store: &Store, cutoff: i64) -> StoreResult<Purged> {
+pub async fn purge(store: &Store, cutoff: i64, now: i64) -> StoreResult<Purged> {
     use crate::store::{oauth, tokens};
     // Families first: they take their own access tokens and code with them.
     Ok(Purged {
-        families: drain(|| tokens::purge_dead_families(store, cutoff)).await?,
+        families: drain(|| tokens::purge_dead_families(store, cutoff, now)).await?,
         access_tokens: drain(|| tokens::purge_expired_access(store, cutoff)).await?,
         codes: drain(|| oauth::purge_expired_codes(store, cutoff)).await?,
         requests: drain(|| oauth::purge_expired_requests(store, cutoff)).await?,
@@ -72,8 +75,8 @@ pub async fn purge_periodically(state: AppState) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let cutoff = state.clock.now().saturating_sub(keep);
-        match purge(&state.store, cutoff).await {
+        let now = state.clock.now();
+        match purge(&state.store, now.saturating_sub(keep), now).await {
             Ok(p) => {
                 state
                     .metrics
