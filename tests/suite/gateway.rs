@@ -22,7 +22,7 @@ backend_tests!(
 
 const INACTIVE: &str = r#"{"active":false}"#;
 
-async fn gateway(oidc: &Oidc) -> crate::oauth::flow::Client {
+pub(crate) async fn gateway(oidc: &Oidc) -> crate::oauth::flow::Client {
     oidc.client(
         "gw",
         &[
@@ -38,7 +38,7 @@ async fn gateway(oidc: &Oidc) -> crate::oauth::flow::Client {
     .await
 }
 
-async fn service(oidc: &Oidc) -> crate::oauth::flow::Client {
+pub(crate) async fn service(oidc: &Oidc) -> crate::oauth::flow::Client {
     oidc.client(
         "svc",
         &["--grant", "client_credentials", "--scope", "api read write"],

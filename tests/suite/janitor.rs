@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use portcullis::tokens::janitor::{Purged, purge};
 
-use crate::gateway::standalone_token;
+use crate::gateway::{gateway, service, standalone_token};
 use crate::oauth::flow::{AuthRequest, Oidc, PASSWORD};
 use crate::support::{Backend, eventually, raw_pool};
 
@@ -48,21 +48,8 @@ fn unix_now() -> i64 {
 
 async fn purge_removes_only_what_nothing_can_use(backend: Backend) {
     let oidc = Oidc::start(backend).await;
-    let gw = oidc
-        .client(
-            "gw",
-            &[
-                "--grant",
-                "client_credentials",
-                "--scope",
-                "api",
-                "--may-introspect",
-            ],
-        )
-        .await;
-    let svc = oidc
-        .client("svc", &["--grant", "client_credentials", "--scope", "api"])
-        .await;
+    let gw = gateway(&oidc).await;
+    let svc = service(&oidc).await;
     let app = oidc.code_client("shop", "openid", &["--first-party"]).await;
     oidc.user("alice").await;
 
@@ -190,8 +177,7 @@ async fn purge_drains_more_than_one_batch(backend: Backend) {
     use portcullis::tokens::AccessTokenRecord;
 
     let oidc = Oidc::start(backend).await;
-    oidc.client("svc", &["--grant", "client_credentials", "--scope", "api"])
-        .await;
+    service(&oidc).await;
     let store = oidc.env.store().await;
     let now = unix_now();
     let record = |issued_at, expires_at| standalone_token("svc", issued_at, expires_at);
@@ -234,9 +220,7 @@ async fn janitor_runs_in_the_background(backend: Backend) {
         ],
     )
     .await;
-    let svc = oidc
-        .client("svc", &["--grant", "client_credentials", "--scope", "api"])
-        .await;
+    let svc = service(&oidc).await;
     let app = oidc.code_client("shop", "openid", &["--first-party"]).await;
     oidc.user("alice").await;
     oidc.client_credentials(&svc, None).await.ok();
@@ -275,8 +259,7 @@ async fn postgres_replicas_take_turns_purging() {
         return;
     };
     let oidc = Oidc::start(backend).await;
-    oidc.client("svc", &["--grant", "client_credentials", "--scope", "api"])
-        .await;
+    service(&oidc).await;
     let store = oidc.env.store().await;
     let now = unix_now();
     let expired = standalone_token("svc", now - 7200, now - 6600);

@@ -1,5 +1,6 @@
 //! Pending authorization requests, consents and authorization codes.
 
+use super::tokens::{PURGE_BATCH, purge_batch};
 use super::{Store, StoreResult, Tx};
 use crate::oauth::authorize::CodeRecord;
 
@@ -174,41 +175,25 @@ pub async fn mark_code_used(
     Ok(done.rows_affected() == 1)
 }
 
-/// Deletes up to [`super::tokens::PURGE_BATCH`] authorization requests that
+/// Deletes up to [`PURGE_BATCH`] authorization requests that
 /// expired before `cutoff` (each lives minutes; `/authorize` creates one for
 /// anyone who asks, so they must not pile up).
 pub async fn purge_expired_requests(store: &Store, cutoff: i64) -> StoreResult<u64> {
-    let Some(mut tx) = super::tokens::begin_purge(store).await? else {
-        return Ok(0);
-    };
-    let done = sqlx::query(sqlx::AssertSqlSafe(format!(
+    let sql = format!(
         "DELETE FROM authorization_requests WHERE id IN (SELECT id FROM authorization_requests \
-         WHERE expires_at < $1 LIMIT {})",
-        super::tokens::PURGE_BATCH
-    )))
-    .bind(cutoff)
-    .execute(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    Ok(done.rows_affected())
+         WHERE expires_at < $1 LIMIT {PURGE_BATCH})"
+    );
+    purge_batch(store, sqlx::query(sqlx::AssertSqlSafe(sql)).bind(cutoff)).await
 }
 
-/// Deletes up to [`super::tokens::PURGE_BATCH`] codes never redeemed that
+/// Deletes up to [`PURGE_BATCH`] codes never redeemed that
 /// expired before `cutoff`. A redeemed code belongs to its token family and
 /// goes with it ([`super::tokens::purge_dead_families`]), so that replaying
 /// it is caught for as long as the family lives.
 pub async fn purge_expired_codes(store: &Store, cutoff: i64) -> StoreResult<u64> {
-    let Some(mut tx) = super::tokens::begin_purge(store).await? else {
-        return Ok(0);
-    };
-    let done = sqlx::query(sqlx::AssertSqlSafe(format!(
+    let sql = format!(
         "DELETE FROM authorization_codes WHERE code_hash IN (SELECT code_hash FROM authorization_codes \
-         WHERE family_id IS NULL AND expires_at < $1 LIMIT {})",
-        super::tokens::PURGE_BATCH
-    )))
-    .bind(cutoff)
-    .execute(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    Ok(done.rows_affected())
+         WHERE family_id IS NULL AND expires_at < $1 LIMIT {PURGE_BATCH})"
+    );
+    purge_batch(store, sqlx::query(sqlx::AssertSqlSafe(sql)).bind(cutoff)).await
 }

@@ -485,6 +485,20 @@ pub(super) async fn begin_purge(store: &Store) -> StoreResult<Option<Tx>> {
     Ok(Some(tx))
 }
 
+/// Runs one single-statement purge batch under [`begin_purge`]; the rows
+/// it removed (0 while another replica holds the purge lock).
+pub(super) async fn purge_batch(
+    store: &Store,
+    statement: sqlx::query::Query<'_, sqlx::Any, sqlx::any::AnyArguments>,
+) -> StoreResult<u64> {
+    let Some(mut tx) = begin_purge(store).await? else {
+        return Ok(0);
+    };
+    let done = statement.execute(&mut *tx).await?;
+    tx.commit().await?;
+    Ok(done.rows_affected())
+}
+
 /// `(placeholders, …)` text `$first, …, $(first + n - 1)` for an `IN` list.
 fn placeholders(first: usize, n: usize) -> String {
     let mut out = String::with_capacity(n * 5);
@@ -561,18 +575,13 @@ pub async fn purge_dead_families(store: &Store, cutoff: i64, now: i64) -> StoreR
 /// issued, so `id < bound` narrows the search to the old end of the
 /// `id` index instead of scanning the table; `expires_at` decides.
 pub async fn purge_expired_access(store: &Store, cutoff: i64) -> StoreResult<u64> {
-    let Some(mut tx) = begin_purge(store).await? else {
-        return Ok(0);
-    };
     let issued_before = crate::crypto::time_ordered_bound(cutoff.saturating_mul(1000));
-    let done = sqlx::query(sqlx::AssertSqlSafe(format!(
+    let sql = format!(
         "DELETE FROM access_tokens WHERE token_hash IN (SELECT token_hash FROM access_tokens \
          WHERE id < $1 AND expires_at < $2 LIMIT {PURGE_BATCH})"
-    )))
-    .bind(issued_before)
-    .bind(cutoff)
-    .execute(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    Ok(done.rows_affected())
+    );
+    let statement = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(issued_before)
+        .bind(cutoff);
+    purge_batch(store, statement).await
 }
