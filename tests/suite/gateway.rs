@@ -803,64 +803,6 @@ async fn sqlite_token_writer_batches_are_all_or_nothing() {
     assert!(DirectTokenWriter::open(&memory).unwrap().is_none());
 }
 
-/// On a SQLite file the token writer commits without waiting for the disk
-/// and a second thread flushes the write-ahead log before anyone is
-/// answered (`tokens::batch`). Tokens asked for one after another each
-/// wait for a flush of their own; a log that cannot be flushed (here:
-/// deleted under the running server) means no token is handed out, since
-/// it would vanish on the next start.
-#[tokio::test]
-async fn sqlite_tokens_are_answered_only_after_their_log_is_flushed() {
-    let oidc = Oidc::start(Backend::Sqlite).await;
-    let svc = service(&oidc).await;
-    let issue = || {
-        post(
-            &oidc,
-            "/token",
-            &svc,
-            &[("grant_type", "client_credentials"), ("scope", "api")],
-            None,
-        )
-    };
-    let syncs_before = oidc
-        .metric("portcullis_token_log_syncs_total")
-        .await
-        .unwrap();
-    let batches_before = oidc.metric("portcullis_token_batches_total").await.unwrap();
-    const N: usize = 5;
-    for _ in 0..N {
-        let (status, _, body) = issue().await;
-        assert_eq!(status, 200, "{body}");
-    }
-    let syncs = oidc
-        .metric("portcullis_token_log_syncs_total")
-        .await
-        .unwrap()
-        - syncs_before;
-    let batches = oidc.metric("portcullis_token_batches_total").await.unwrap() - batches_before;
-    assert_eq!(
-        (batches, syncs),
-        (N as f64, N as f64),
-        "one commit and one flush before each answer"
-    );
-
-    let wal = oidc.env.dir.path().join("data/portcullis.db-wal");
-    std::fs::remove_file(&wal).expect("the server keeps a write-ahead log");
-    let (status, _, body) = issue().await;
-    assert_eq!(status, 503, "{body}");
-    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(body["error"], "temporarily_unavailable", "{body}");
-    assert!(body.get("access_token").is_none(), "{body}");
-    assert_eq!(
-        oidc.metric("portcullis_token_log_syncs_total")
-            .await
-            .unwrap()
-            - syncs_before,
-        N as f64,
-        "a failed flush is not counted"
-    );
-}
-
 /// On SQLite the write-ahead log is copied into the database file by a
 /// background task, long before the writer's own checkpoint threshold
 /// (`wal_autocheckpoint` in `store::SQLITE_CONNECTION_SETUP`) would: tokens just issued reach the

@@ -387,9 +387,7 @@ const PING_IF_IDLE_FOR: Duration = Duration::from_millis(500);
 
 /// Run on every SQLite connection, pooled or not. WAL lets readers run
 /// beside the writer; synchronous=FULL makes every acknowledged commit
-/// durable across power loss (the token writer alone commits with NORMAL
-/// and flushes the log itself before answering: `tokens::DirectTokenWriter`
-/// here, `crate::tokens::batch`). Statement journals (a statement writing
+/// durable across power loss. Statement journals (a statement writing
 /// several rows inside a transaction, such as revoking a family, needs one)
 /// live in memory, not in a temporary file created and unlinked each time.
 /// `wal_autocheckpoint`: log pages (4 KiB each) before a committing

@@ -1,8 +1,6 @@
 //! Opaque access and refresh tokens (stored as SHA-256) and their families.
 
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use super::{Store, StoreError, StoreResult, Tx};
 use crate::tokens::{AccessTokenRecord, RefreshTokenRecord};
@@ -53,16 +51,9 @@ pub async fn insert_access_batch(
 /// together (bench/README.md, "Where the time goes"). SQLite serialises it
 /// with the pool's writer by its write lock; the loser waits out
 /// `busy_timeout` like any second connection.
-///
-/// Its commits do not wait for the disk (`synchronous = NORMAL`): a
-/// committed batch is durable once [`WalSync::sync`] has returned after
-/// the commit. Moving that fsync out of the commit lets it run while the
-/// next batch is written, and one fsync covers every batch committed
-/// before it.
 pub struct DirectTokenWriter {
     conn: rusqlite::Connection,
     insert_one: String,
-    wal: Arc<Path>,
     /// Once its pools are closed ([`Store::close`]) this writer refuses
     /// too, as they do.
     store: Store,
@@ -86,31 +77,15 @@ impl DirectTokenWriter {
             rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
         conn.execute_batch(super::SQLITE_CONNECTION_SETUP)?;
-        // Durability comes from `WalSync` instead. NORMAL still syncs the
-        // log before each checkpoint and the database file after it, so a
-        // crash loses at most commits that were never synced, never
-        // anything before them.
-        conn.execute_batch("PRAGMA synchronous = NORMAL;")?;
-        let mut wal = file.as_os_str().to_owned();
-        wal.push("-wal");
         Ok(Some(DirectTokenWriter {
             conn,
             insert_one: insert_access_sql(super::Backend::Sqlite, 1),
-            wal: PathBuf::from(wal).into(),
             store: store.clone(),
         }))
     }
 
-    /// What makes this writer's commits durable; for another thread.
-    pub fn wal_sync(&self) -> WalSync {
-        WalSync {
-            wal: self.wal.clone(),
-        }
-    }
-
-    /// Stores `rows` in one transaction. All or none: a failing row fails
-    /// the batch. Committed, visible to readers, but not yet durable:
-    /// nobody may be told until [`WalSync::sync`] has run after it.
+    /// Stores `rows` in one transaction (one fsync); blocks until it is
+    /// durable. All or none: a failing row fails the batch.
     pub fn insert_batch(&mut self, rows: &[(&AccessTokenRecord, &str)]) -> StoreResult<()> {
         if self.store.is_closed() {
             return Err(StoreError::Unavailable("the store is closed".into()));
@@ -143,35 +118,6 @@ impl DirectTokenWriter {
         }
         tx.commit()?;
         Ok(())
-    }
-}
-
-/// Flushes SQLite's write-ahead log of a [`DirectTokenWriter`] to disk.
-///
-/// The log is opened by its path on every call rather than kept open: a
-/// log deleted under a running server would still take an fsync through an
-/// old descriptor, and tokens that vanish on the next start would be
-/// answered. Opened by path, that fails, and the tokens are refused. SQLite
-/// locks the `-shm` and database files, never the log, so closing our
-/// descriptor releases no lock of SQLite's.
-#[derive(Debug, Clone)]
-pub struct WalSync {
-    wal: Arc<Path>,
-}
-
-impl WalSync {
-    /// Everything committed before this call is durable when it returns `Ok`.
-    pub fn sync(&self) -> StoreResult<()> {
-        let unavailable = |e: std::io::Error| {
-            StoreError::Unavailable(format!(
-                "cannot flush the write-ahead log {}: {e}",
-                self.wal.display()
-            ))
-        };
-        std::fs::File::open(&self.wal)
-            .map_err(unavailable)?
-            .sync_data()
-            .map_err(unavailable)
     }
 }
 

@@ -23,9 +23,6 @@ pub struct Metrics {
     /// carried: their ratio is the batch size the load produces.
     pub token_batches: AtomicU64,
     pub token_batch_rows: AtomicU64,
-    /// SQLite files: write-ahead log flushes of the token writer (each
-    /// makes every batch committed before it durable).
-    pub token_log_syncs: AtomicU64,
     /// Rows purged by the token janitor (`tokens::janitor`).
     pub tokens_purged: AtomicU64,
 }
@@ -104,11 +101,6 @@ impl Metrics {
                 "portcullis_token_batch_rows_total",
                 "Access tokens stored by group commits.",
                 &self.token_batch_rows,
-            ),
-            (
-                "portcullis_token_log_syncs_total",
-                "Flushes of SQLite's write-ahead log that made committed access-token batches durable (one may cover several batches).",
-                &self.token_log_syncs,
             ),
             (
                 "portcullis_tokens_purged_total",

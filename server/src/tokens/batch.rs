@@ -4,14 +4,10 @@
 //! only after the commit that contains its token, so nothing is
 //! acknowledged before it is durable.
 //!
-//! On a SQLite file one thread of its own takes the waiting tokens and
-//! writes them through its own connection ([`DirectTokenWriter`]): no
-//! hand-over between the async tasks and sqlx's connection thread on the
-//! way (+35 % at 16 connections, bench/README.md). Its commits do not wait
-//! for the disk; a second thread flushes the write-ahead log
-//! ([`WalSync`]) and only then answers every batch committed before the
-//! flush. So the next batch is written while the last one goes to disk,
-//! and one fsync serves several commits. On PostgreSQL (and
+//! On a SQLite file one thread of its own takes the waiting tokens, writes
+//! them through its own connection ([`DirectTokenWriter`]) and answers:
+//! no hand-over between the async tasks and sqlx's connection thread on
+//! the way (+35 % at 16 connections, bench/README.md). On PostgreSQL (and
 //! in-memory SQLite) the INSERT runs on its own through the pool
 //! (autocommit: one statement is atomic), one round trip per batch instead
 //! of four (BEGIN, INSERT, COMMIT and the pool's check); PostgreSQL gets
@@ -22,7 +18,7 @@ use std::sync::atomic::Ordering;
 
 use tokio::sync::{Mutex, mpsc, oneshot};
 
-use crate::store::tokens::{DirectTokenWriter, WalSync};
+use crate::store::tokens::DirectTokenWriter;
 use crate::store::{Backend, Store, StoreError, StoreResult};
 use crate::telemetry::metrics::Metrics;
 use crate::tokens::AccessTokenRecord;
@@ -60,15 +56,12 @@ impl TokenWriter {
     pub fn spawn(store: Store, metrics: Arc<Metrics>) -> StoreResult<TokenWriter> {
         let (tx, rx) = mpsc::channel(4096);
         if let Some(writer) = DirectTokenWriter::open(&store)? {
-            let (committed, to_sync) = std::sync::mpsc::sync_channel(SYNC_QUEUE);
-            let wal = writer.wal_sync();
-            let sync_metrics = metrics.clone();
-            spawn_thread("token-wal-sync", move || {
-                sync_and_answer(&wal, &to_sync, &sync_metrics);
-            })?;
-            spawn_thread("token-writer", move || {
-                write_directly(writer, rx, &committed)
-            })?;
+            std::thread::Builder::new()
+                .name("token-writer".into())
+                .spawn(move || write_directly(writer, rx, &metrics))
+                .map_err(|e| {
+                    StoreError::Unavailable(format!("cannot start the token writer thread: {e}"))
+                })?;
             return Ok(TokenWriter { tx });
         }
         let writers = match store.backend() {
@@ -124,37 +117,16 @@ async fn run(store: Store, rx: Arc<Mutex<mpsc::Receiver<Pending>>>, metrics: Arc
     }
 }
 
-/// Committed batches waiting for the write-ahead log flush: enough that
-/// the writer never waits while one flush runs, few enough that a stalled
-/// disk stops it (each batch holds up to [`MAX_BATCH`] waiting callers).
-const SYNC_QUEUE: usize = 64;
-
-/// A batch the SQLite writer has committed (or failed to), on its way to
-/// the flush that makes it durable.
-struct Committed {
-    batch: Vec<Pending>,
-    result: StoreResult<()>,
-}
-
-fn spawn_thread(name: &str, run: impl FnOnce() + Send + 'static) -> StoreResult<()> {
-    std::thread::Builder::new()
-        .name(name.into())
-        .spawn(run)
-        .map(drop)
-        .map_err(|e| StoreError::Unavailable(format!("cannot start the {name} thread: {e}")))
-}
-
 /// The SQLite writer thread: blocks until a token waits, takes every token
-/// waiting (up to [`MAX_BATCH`]), stores them in one transaction and hands
-/// the batch to [`sync_and_answer`]. Ends when the last [`TokenWriter`] is
-/// dropped.
+/// waiting (up to [`MAX_BATCH`]), stores them in one transaction. Ends when
+/// the last [`TokenWriter`] is dropped.
 fn write_directly(
     mut writer: DirectTokenWriter,
     mut rx: mpsc::Receiver<Pending>,
-    committed: &std::sync::mpsc::SyncSender<Committed>,
+    metrics: &Metrics,
 ) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = rx.blocking_recv() {
-        let mut batch = Vec::with_capacity(MAX_BATCH);
         batch.push(first);
         while batch.len() < MAX_BATCH
             && let Ok(next) = rx.try_recv()
@@ -168,44 +140,7 @@ fn write_directly(
                 .collect();
             writer.insert_batch(&rows)
         };
-        if committed.send(Committed { batch, result }).is_err() {
-            // The flushing thread is gone; dropping the batch answers its
-            // callers "writer stopped".
-            return;
-        }
-    }
-}
-
-/// The SQLite flushing thread: takes every batch committed so far, flushes
-/// the write-ahead log once for all of them, then answers their callers.
-/// A failed flush fails every batch it was to cover.
-fn sync_and_answer(
-    wal: &WalSync,
-    committed: &std::sync::mpsc::Receiver<Committed>,
-    metrics: &Metrics,
-) {
-    let mut ready = Vec::new();
-    while let Ok(first) = committed.recv() {
-        ready.push(first);
-        ready.extend(committed.try_iter());
-        let synced = if ready.iter().any(|c| c.result.is_ok()) {
-            wal.sync()
-                .inspect(|()| {
-                    metrics.token_log_syncs.fetch_add(1, Ordering::Relaxed);
-                })
-                .inspect_err(|e| tracing::error!(error = %e, "token batches are not durable"))
-                .is_ok()
-        } else {
-            true
-        };
-        for mut c in ready.drain(..) {
-            let result = c.result.and_then(|()| {
-                synced.then_some(()).ok_or_else(|| {
-                    StoreError::Unavailable("the write-ahead log could not be flushed".into())
-                })
-            });
-            settle(&mut c.batch, result, metrics);
-        }
+        settle(&mut batch, result, metrics);
     }
 }
 
