@@ -94,8 +94,9 @@ pub struct TokensConfig {
     /// Upper bound on how long an introspection result may be served from
     /// memory; revocations also clear the cache at once (LISTEN/NOTIFY).
     pub introspection_cache_ttl: Duration,
-    /// How long dead tokens, families, codes and authorization requests
-    /// are kept before the janitor deletes them (`tokens::janitor`).
+    /// How long dead tokens, families, codes, authorization requests and
+    /// login challenges are kept before the janitor deletes them
+    /// (`tokens::janitor`).
     pub purge_after: Duration,
     pub purge_interval: Duration,
 }

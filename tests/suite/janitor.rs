@@ -13,6 +13,7 @@ backend_tests!(
     purge_removes_only_what_nothing_can_use,
     purge_drains_more_than_one_batch,
     janitor_runs_in_the_background,
+    purge_removes_expired_login_challenges,
 );
 
 const TABLES: [&str; 5] = [
@@ -116,7 +117,8 @@ async fn purge_removes_only_what_nothing_can_use(backend: Backend) {
             families: 1,
             access_tokens: 3,
             codes: 1,
-            requests: 4
+            requests: 4,
+            login_challenges: 0,
         }
     );
     assert_eq!(counts(&oidc).await, [0, 2, 2, 1, 0], "{TABLES:?}");
@@ -291,4 +293,67 @@ async fn postgres_replicas_take_turns_purging() {
         1
     );
     assert_eq!(counts(&oidc).await[0], 0);
+}
+
+/// Login challenges (the second-factor step after a password) go once
+/// expired `purge_after` ago, used or not; a live one stays usable.
+async fn purge_removes_expired_login_challenges(backend: Backend) {
+    use portcullis::store::mfa::{find_login_challenge, insert_login_challenge};
+
+    let oidc = Oidc::start(backend).await;
+    oidc.user("alice").await;
+    let pool = raw_pool(&oidc.env.database_url()).await;
+    let (alice,): (String,) = sqlx::query_as("SELECT id FROM users WHERE username = 'alice'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let store = oidc.env.store().await;
+    let now = unix_now();
+    // (hash, created, expires, used)
+    let rows = [
+        ("old-unused", now - 7200, now - 7000, false),
+        ("old-used", now - 7200, now - 7000, true),
+        ("recent", now - 900, now - 600, false),
+        ("live", now, now + 300, false),
+    ];
+    for (hash, created, expires, used) in rows {
+        insert_login_challenge(&store, hash, &alice, None, None, None, created, expires)
+            .await
+            .unwrap();
+        if used {
+            let mut tx = store.begin().await.unwrap();
+            assert!(
+                portcullis::store::mfa::consume_login_challenge(&mut tx, hash, created)
+                    .await
+                    .unwrap()
+            );
+            tx.commit().await.unwrap();
+        }
+    }
+    let remaining = || async {
+        let hashes: Vec<(String,)> =
+            sqlx::query_as("SELECT secret_hash FROM login_challenges ORDER BY secret_hash")
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+        hashes.into_iter().map(|(h,)| h).collect::<Vec<_>>()
+    };
+
+    // Kept an hour beyond expiry: only the two that died two hours ago go.
+    let purged = purge(&store, now - 3600, now).await.unwrap();
+    assert_eq!(purged.login_challenges, 2, "{purged:?}");
+    assert_eq!(remaining().await, ["live", "recent"]);
+    assert!(
+        find_login_challenge(&store, "live", now)
+            .await
+            .unwrap()
+            .is_some(),
+        "the live challenge still works"
+    );
+
+    // Once the live one has expired too, everything goes.
+    let purged = purge(&store, now + 301, now).await.unwrap();
+    assert_eq!(purged.login_challenges, 2, "{purged:?}");
+    assert!(remaining().await.is_empty());
+    pool.close().await;
 }

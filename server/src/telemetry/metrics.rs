@@ -104,7 +104,7 @@ impl Metrics {
             ),
             (
                 "portcullis_tokens_purged_total",
-                "Rows purged by the token janitor: access tokens, emptied token families, codes, authorization requests.",
+                "Rows purged by the token janitor: access tokens, emptied token families, codes, authorization requests, login challenges.",
                 &self.tokens_purged,
             ),
         ] {

@@ -1,7 +1,8 @@
 //! Deletes what can no longer be used: access tokens past expiry, the
 //! tokens and authorization code of token families that are revoked or
 //! have no valid token left, codes never redeemed, and pending
-//! authorization requests — each kept `tokens.purge_after` beyond the
+//! authorization requests, and expired login challenges (the second-factor
+//! step after a password) — each kept `tokens.purge_after` beyond the
 //! instant it died, for investigation. Without it every issued token stays
 //! a row forever, and `/authorize` lets anyone add rows. Family rows stay
 //! (marked purged): like the sessions they belong to, they are the record
@@ -26,11 +27,12 @@ pub struct Purged {
     pub access_tokens: u64,
     pub codes: u64,
     pub requests: u64,
+    pub login_challenges: u64,
 }
 
 impl Purged {
     pub fn total(&self) -> u64 {
-        self.families + self.access_tokens + self.codes + self.requests
+        self.families + self.access_tokens + self.codes + self.requests + self.login_challenges
     }
 }
 
@@ -40,13 +42,14 @@ impl Purged {
 /// it pauses so that token issuance, which shares SQLite's write lock, is
 /// never held up for long.
 pub async fn purge(store: &Store, cutoff: i64, now: i64) -> StoreResult<Purged> {
-    use crate::store::{oauth, tokens};
+    use crate::store::{mfa, oauth, tokens};
     // Families first: they take their own access tokens and code with them.
     Ok(Purged {
         families: drain(|| tokens::purge_dead_families(store, cutoff, now)).await?,
         access_tokens: drain(|| tokens::purge_expired_access(store, cutoff)).await?,
         codes: drain(|| oauth::purge_expired_codes(store, cutoff)).await?,
         requests: drain(|| oauth::purge_expired_requests(store, cutoff)).await?,
+        login_challenges: drain(|| mfa::purge_expired_login_challenges(store, cutoff)).await?,
     })
 }
 
@@ -88,6 +91,7 @@ pub async fn purge_periodically(state: AppState) {
                         access_tokens = p.access_tokens,
                         codes = p.codes,
                         requests = p.requests,
+                        login_challenges = p.login_challenges,
                         "purged expired tokens and requests"
                     );
                 }
