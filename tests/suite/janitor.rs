@@ -343,6 +343,16 @@ async fn purge_removes_expired_login_challenges(backend: Backend) {
     let purged = purge(&store, now - 3600, now).await.unwrap();
     assert_eq!(purged.login_challenges, 2, "{purged:?}");
     assert_eq!(remaining().await, ["live", "recent"]);
+    // A purged challenge cannot be redeemed, even at an instant when it
+    // was still live: the row is gone, not just expired.
+    let mut tx = store.begin().await.unwrap();
+    assert!(
+        !portcullis::store::mfa::consume_login_challenge(&mut tx, "old-unused", now - 7100)
+            .await
+            .unwrap(),
+        "a purged challenge was redeemed"
+    );
+    tx.rollback().await.unwrap();
     assert!(
         find_login_challenge(&store, "live", now)
             .await

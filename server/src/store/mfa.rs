@@ -1,6 +1,7 @@
 //! SQL for second factors and login challenges (lockout counters:
 //! `store::lockout`).
 
+use super::tokens::{PURGE_BATCH, purge_batch};
 use super::{Store, StoreResult, Tx};
 
 /// `(secret_base32, confirmed_at, last_used_step)`.
@@ -186,17 +187,16 @@ pub async fn consume_login_challenge(
     Ok(done.rows_affected() == 1)
 }
 
-/// Deletes up to [`super::tokens::PURGE_BATCH`] login challenges (the
+/// Deletes up to [`PURGE_BATCH`] login challenges (the
 /// second-factor step after a password) that expired before `cutoff`,
 /// used or not: an expired one is refused either way, and a deleted one
 /// is refused as unknown (`tokens::janitor`).
 pub async fn purge_expired_login_challenges(store: &Store, cutoff: i64) -> StoreResult<u64> {
     let sql = format!(
         "DELETE FROM login_challenges WHERE secret_hash IN (SELECT secret_hash FROM login_challenges \
-         WHERE expires_at < $1 LIMIT {})",
-        super::tokens::PURGE_BATCH
+         WHERE expires_at < $1 LIMIT {PURGE_BATCH})"
     );
-    super::tokens::purge_batch(store, sqlx::query(sqlx::AssertSqlSafe(sql)).bind(cutoff)).await
+    purge_batch(store, sqlx::query(sqlx::AssertSqlSafe(sql)).bind(cutoff)).await
 }
 
 /// Deletes every recovery code of the user; returns how many were unused.
