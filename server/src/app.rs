@@ -47,6 +47,8 @@ pub struct AppStateInner {
     pub http_client: reqwest::Client,
     /// Group commit for standalone access tokens.
     pub token_writer: crate::tokens::batch::TokenWriter,
+    /// Client-credentials tokens stored ahead of demand.
+    pub preissued: Arc<crate::tokens::preissue::PreIssued>,
     /// The WebAuthn relying party (off when the issuer is on an IP address).
     pub webauthn: Arc<crate::mfa::webauthn::RelyingParty>,
     /// In-memory rate limits (`[rate_limits]`).
@@ -123,6 +125,13 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Startup, Startu
         .unwrap_or_default();
     let metrics = Arc::new(Metrics::default());
     let token_writer = crate::tokens::batch::TokenWriter::spawn(store.clone(), metrics.clone())?;
+    // Invalidated like the introspection cache: at once on SQLite, on
+    // PostgreSQL only while the listener is up.
+    let preissued = crate::tokens::preissue::PreIssued::new(
+        config.tokens.preissue,
+        store.backend() == crate::store::Backend::Sqlite,
+        metrics.clone(),
+    );
     let state = AppState(Arc::new(AppStateInner {
         limiter: Arc::new(crate::security::limits::RateLimiter::new(
             &config.rate_limits,
@@ -130,6 +139,7 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Startup, Startu
         webauthn: Arc::new(webauthn),
         outbox_wake: Arc::new(tokio::sync::Notify::new()),
         token_writer,
+        preissued: Arc::new(preissued),
         http_client,
         introspection_cache: Arc::new(cache),
         keys: Arc::new(KeyRing::new(config.keys.dir.clone(), loaded.set)),
@@ -302,6 +312,7 @@ pub async fn serve(
         tokio::spawn(crate::tokens::cache::listen_for_revocations(
             state.config.database.url.clone(),
             state.introspection_cache.clone(),
+            state.preissued.clone(),
         ))
     });
     // hyper's HTTP/1.1 server rather than `axum::serve`, which cannot limit

@@ -99,6 +99,9 @@ pub struct TokensConfig {
     /// (`tokens::janitor`).
     pub purge_after: Duration,
     pub purge_interval: Duration,
+    /// Client-credentials tokens stored ahead of demand at most, per
+    /// client and scope (`tokens::preissue`); 0 turns it off.
+    pub preissue: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -162,6 +165,7 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("tokens.introspection_cache_ttl", "1s"),
     ("tokens.purge_after", "1d"),
     ("tokens.purge_interval", "1m"),
+    ("tokens.preissue", "0"),
     ("sessions.idle_timeout", "30m"),
     ("sessions.absolute_timeout", "12h"),
     ("refunds.four_eyes_threshold", ""),
@@ -301,6 +305,7 @@ impl Config {
         let purge_after = parse_key_duration("tokens.purge_after", get("tokens.purge_after"))?;
         let purge_interval =
             parse_key_duration("tokens.purge_interval", get("tokens.purge_interval"))?;
+        let preissue: usize = parse_num("tokens.preissue", get("tokens.preissue"), 0, 4096)?;
         let idle_timeout =
             parse_key_duration("sessions.idle_timeout", get("sessions.idle_timeout"))?;
         let absolute_timeout = parse_key_duration(
@@ -339,6 +344,7 @@ impl Config {
                 introspection_cache_ttl,
                 purge_after,
                 purge_interval,
+                preissue,
             },
             sessions: SessionsConfig {
                 idle_timeout,

@@ -232,7 +232,7 @@ pub async fn update(
         updated_at: now,
         ..before.clone()
     };
-    crate::store::tokens::notify_revocation(&state.store, &mut tx).await?;
+    crate::store::tokens::notify_client_change(&state.store, &mut tx).await?;
     audit::record(
         &state.store,
         &mut tx,
@@ -246,6 +246,7 @@ pub async fn update(
     .await?;
     tx.commit().await.map_err(StoreError::from)?;
     state.introspection_cache.clear();
+    state.preissued.invalidate();
     Ok(ClientView::from(&after))
 }
 
@@ -278,7 +279,7 @@ pub async fn rotate_secret(
         now,
     )
     .await?;
-    crate::store::tokens::notify_revocation(&state.store, &mut tx).await?;
+    crate::store::tokens::notify_client_change(&state.store, &mut tx).await?;
     let view = ClientView::from(&before);
     audit::record(
         &state.store,
@@ -293,6 +294,7 @@ pub async fn rotate_secret(
     .await?;
     tx.commit().await.map_err(StoreError::from)?;
     state.introspection_cache.clear();
+    state.preissued.invalidate();
     Ok((view, secret))
 }
 
@@ -334,6 +336,7 @@ pub async fn revoke_all_tokens(
     .await?;
     tx.commit().await.map_err(StoreError::from)?;
     state.introspection_cache.clear();
+    state.preissued.invalidate();
     tracing::info!(event = "client.tokens_revoked", client_id = %client_id, revoked, "every token of a client revoked by staff");
     Ok(revoked)
 }

@@ -257,6 +257,18 @@ pub async fn notify_revocation(store: &Store, tx: &mut Tx) -> StoreResult<()> {
     Ok(())
 }
 
+/// [`notify_revocation`] for a change to a client: other replicas also
+/// drop the tokens they hold ahead of demand (`tokens::preissue`).
+pub async fn notify_client_change(store: &Store, tx: &mut Tx) -> StoreResult<()> {
+    if store.backend() == super::Backend::Postgres {
+        // The payload is `tokens::preissue::CLIENT_CHANGED`.
+        sqlx::query("NOTIFY portcullis_revocations, 'client'")
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
+}
+
 /// Revokes a family and every token in it.
 pub async fn revoke_family(
     store: &Store,
@@ -400,7 +412,7 @@ pub async fn revoke_all_of_client(
     now: i64,
     reason: &str,
 ) -> StoreResult<u64> {
-    notify_revocation(store, tx).await?;
+    notify_client_change(store, tx).await?;
     let (live_access,): (i64,) = sqlx::query_as(
         "SELECT COUNT(*) FROM access_tokens a LEFT JOIN token_families f ON f.id = a.family_id \
          WHERE a.client_id = $1 AND a.revoked_at IS NULL AND f.revoked_at IS NULL AND a.expires_at > $2",

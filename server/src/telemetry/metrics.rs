@@ -23,6 +23,11 @@ pub struct Metrics {
     /// carried: their ratio is the batch size the load produces.
     pub token_batches: AtomicU64,
     pub token_batch_rows: AtomicU64,
+    /// Client-credentials tokens stored ahead of demand, handed out from
+    /// there, and dropped unused (`tokens::preissue`).
+    pub token_preissued: AtomicU64,
+    pub token_preissue_hits: AtomicU64,
+    pub token_preissue_discarded: AtomicU64,
     /// Rows purged by the token janitor (`tokens::janitor`).
     pub tokens_purged: AtomicU64,
 }
@@ -43,7 +48,9 @@ impl Metrics {
         counters[idx].fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn render(&self, db_up: bool, signing_keys: usize) -> String {
+    /// `preissue_held`: tokens stored ahead of demand and not yet handed
+    /// out (`tokens::preissue`).
+    pub fn render(&self, db_up: bool, signing_keys: usize, preissue_held: usize) -> String {
         let mut out = String::new();
         out.push_str(
             "# HELP portcullis_http_responses_total HTTP responses by listener and status class.\n",
@@ -67,6 +74,11 @@ impl Metrics {
         out.push_str("# HELP portcullis_signing_keys Signing keys currently published in JWKS.\n");
         out.push_str("# TYPE portcullis_signing_keys gauge\n");
         let _ = writeln!(out, "portcullis_signing_keys {signing_keys}");
+        out.push_str(
+            "# HELP portcullis_token_preissue_held Client-credentials tokens stored ahead of demand, not yet handed out.\n",
+        );
+        out.push_str("# TYPE portcullis_token_preissue_held gauge\n");
+        let _ = writeln!(out, "portcullis_token_preissue_held {preissue_held}");
         out.push_str(
             "# HELP portcullis_key_reloads_total Times the key set was reloaded from disk.\n",
         );
@@ -101,6 +113,21 @@ impl Metrics {
                 "portcullis_token_batch_rows_total",
                 "Access tokens stored by group commits.",
                 &self.token_batch_rows,
+            ),
+            (
+                "portcullis_token_preissued_total",
+                "Client-credentials tokens stored ahead of demand.",
+                &self.token_preissued,
+            ),
+            (
+                "portcullis_token_preissue_hits_total",
+                "Client-credentials requests answered with a token stored ahead of demand.",
+                &self.token_preissue_hits,
+            ),
+            (
+                "portcullis_token_preissue_discarded_total",
+                "Tokens stored ahead of demand and never handed out (too old, or their client changed); their rows expire unused.",
+                &self.token_preissue_discarded,
             ),
             (
                 "portcullis_tokens_purged_total",

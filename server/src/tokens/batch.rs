@@ -75,6 +75,32 @@ impl TokenWriter {
         Ok(TokenWriter { tx })
     }
 
+    /// Stores many access tokens (each in whichever batch takes it); returns
+    /// once each is committed or failed, with whether it was stored.
+    pub async fn insert_many(&self, rows: Vec<(AccessTokenRecord, String)>) -> Vec<bool> {
+        let mut waiting = Vec::with_capacity(rows.len());
+        for (record, token_hash) in rows {
+            let (done, wait) = oneshot::channel();
+            let sent = self
+                .tx
+                .send(Pending {
+                    record,
+                    token_hash,
+                    done,
+                })
+                .await;
+            waiting.push(sent.ok().map(|()| wait));
+        }
+        let mut stored = Vec::with_capacity(waiting.len());
+        for wait in waiting {
+            stored.push(match wait {
+                Some(wait) => matches!(wait.await, Ok(Ok(()))),
+                None => false,
+            });
+        }
+        stored
+    }
+
     /// Stores one access token; returns once it is committed.
     pub async fn insert(
         &self,

@@ -154,8 +154,13 @@ impl IntrospectionCache {
 }
 
 /// Keeps a `LISTEN` connection open and clears the cache on every
-/// notification; on disconnect the cache is disabled until listening again.
-pub async fn listen_for_revocations(url: String, cache: std::sync::Arc<IntrospectionCache>) {
+/// notification (and drops pre-issued tokens on a client change); on
+/// disconnect both are disabled until listening again.
+pub async fn listen_for_revocations(
+    url: String,
+    cache: std::sync::Arc<IntrospectionCache>,
+    preissued: std::sync::Arc<crate::tokens::preissue::PreIssued>,
+) {
     let mut backoff = Duration::from_millis(200);
     loop {
         let listener = async {
@@ -169,6 +174,7 @@ pub async fn listen_for_revocations(url: String, cache: std::sync::Arc<Introspec
             Err(e) => {
                 tracing::warn!(error = %e, "revocation listener cannot connect; introspection cache disabled");
                 cache.set_enabled(false);
+                preissued.set_enabled(false);
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));
                 continue;
@@ -176,15 +182,22 @@ pub async fn listen_for_revocations(url: String, cache: std::sync::Arc<Introspec
         };
         backoff = Duration::from_millis(200);
         cache.set_enabled(true);
+        preissued.set_enabled(true);
         tracing::info!("listening for revocations");
         loop {
             match listener.try_recv().await {
-                Ok(Some(_)) => cache.clear(),
+                Ok(Some(notification)) => {
+                    cache.clear();
+                    if notification.payload() == crate::tokens::preissue::CLIENT_CHANGED {
+                        preissued.invalidate();
+                    }
+                }
                 Ok(None) | Err(_) => {
                     tracing::warn!(
                         "revocation listener lost its connection; introspection cache disabled"
                     );
                     cache.set_enabled(false);
+                    preissued.set_enabled(false);
                     break;
                 }
             }

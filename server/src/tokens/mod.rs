@@ -9,6 +9,7 @@ pub mod exchange;
 pub mod introspect;
 pub mod janitor;
 pub mod jwt;
+pub mod preissue;
 pub mod revoke;
 
 use axum::Router;
@@ -149,13 +150,14 @@ fn access_ttl(state: &AppState) -> i64 {
     i64::try_from(state.config.tokens.access_ttl.as_secs()).unwrap_or(600)
 }
 
-/// A new access-token record for `grant`, living `tokens.access_ttl`.
+/// A new access-token record for `grant`, issued at `now_ms`, living
+/// `tokens.access_ttl`.
 fn new_access_record(
     state: &AppState,
     grant: &TokenGrant,
     family_id: Option<&str>,
+    now_ms: i64,
 ) -> AccessTokenRecord {
-    let now_ms = state.clock.now_ms();
     let now = now_ms.div_euclid(1000);
     let access_ttl = access_ttl(state);
     AccessTokenRecord {
@@ -179,11 +181,17 @@ fn new_access_record(
     }
 }
 
-/// Issues a standalone access token (no user, no refresh token) through the
-/// group-commit writer; returns after the token is durably stored.
+/// Issues a standalone access token (client credentials: no user, session,
+/// family or refresh token): one already stored ahead of demand
+/// (`preissue`), or a new one through the group-commit writer. Either way
+/// the token's row is durable before the token is returned.
 pub async fn mint_standalone(state: &AppState, grant: &TokenGrant) -> StoreResult<Minted> {
+    let now_ms = state.clock.now_ms();
+    if let Some(minted) = preissue::take(state, grant, now_ms) {
+        return Ok(minted);
+    }
     let access_token = crypto::random_secret(ACCESS_PREFIX);
-    let record = new_access_record(state, grant, None);
+    let record = new_access_record(state, grant, None, now_ms);
     let access_id = record.id.clone();
     state
         .token_writer
@@ -208,7 +216,7 @@ pub async fn mint(
     let now = state.clock.now();
     let access_ttl = access_ttl(state);
     let access_token = crypto::random_secret(ACCESS_PREFIX);
-    let record = new_access_record(state, grant, family_id);
+    let record = new_access_record(state, grant, family_id, state.clock.now_ms());
     crate::store::tokens::insert_access(
         &state.store,
         tx,
