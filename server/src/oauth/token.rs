@@ -363,16 +363,7 @@ async fn client_credentials(
             out.join(" ")
         }
     };
-    let grant = TokenGrant {
-        client_id: client.id.clone(),
-        user_id: None,
-        session_id: None,
-        scope,
-        nonce: None,
-        auth_time: None,
-        amr: None,
-        acr: None,
-    };
+    let grant = TokenGrant::standalone(client.id.clone(), scope);
     let minted = tokens::mint_standalone(state, &grant).await?;
     respond(state, client, &grant, minted)
 }

@@ -138,6 +138,22 @@ pub struct TokenGrant {
     pub acr: Option<String>,
 }
 
+impl TokenGrant {
+    /// A grant with no user behind it (client credentials).
+    pub fn standalone(client_id: String, scope: String) -> Self {
+        TokenGrant {
+            client_id,
+            user_id: None,
+            session_id: None,
+            scope,
+            nonce: None,
+            auth_time: None,
+            amr: None,
+            acr: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Minted {
     pub access_token: String,

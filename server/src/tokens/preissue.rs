@@ -246,16 +246,7 @@ pub fn take(state: &AppState, grant: &TokenGrant, now_ms: i64) -> Option<Minted>
 /// Mints the ordered tokens, waits until the writer has committed them,
 /// and hands the stored ones to the pool.
 async fn run_refill(state: AppState, order: Refill) {
-    let grant = TokenGrant {
-        client_id: order.key.client_id.clone(),
-        user_id: None,
-        session_id: None,
-        scope: order.key.scope.clone(),
-        nonce: None,
-        auth_time: None,
-        amr: None,
-        acr: None,
-    };
+    let grant = TokenGrant::standalone(order.key.client_id.clone(), order.key.scope.clone());
     let now_ms = state.clock.now_ms();
     let mut held = Vec::with_capacity(order.count);
     let mut rows = Vec::with_capacity(order.count);
