@@ -16,6 +16,7 @@ mod gateway;
 mod janitor;
 mod mfa;
 mod oauth;
+mod preissue;
 mod refunds;
 mod security;
 mod sessions;
