@@ -68,7 +68,7 @@ async fn post(
     (status, headers, resp.text().await.unwrap())
 }
 
-async fn introspect(
+pub(crate) async fn introspect(
     oidc: &Oidc,
     gw: &crate::oauth::flow::Client,
     token: &str,

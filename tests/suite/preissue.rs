@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 
-use crate::gateway::{gateway, service};
+use crate::gateway::{gateway, introspect, service};
 use crate::oauth::flow::{Client, Oidc};
 use crate::oauth::staff::staff;
 use crate::support::{Backend, eventually};
@@ -156,17 +156,7 @@ async fn held_tokens_are_fresh_distinct_and_of_the_scope_asked(backend: Backend)
             "expires_in {expires_in} for a {TTL_S} s lifetime"
         );
         let token = body["access_token"].as_str().unwrap();
-        let claims: Value = oidc
-            .http
-            .post(oidc.url("/introspect"))
-            .basic_auth(&gw.id, gw.secret.as_deref())
-            .form(&[("token", token)])
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let claims = introspect(&oidc, &gw, token).await;
         assert_eq!(claims["active"], true, "{claims}");
         assert_eq!(claims["client_id"], svc.id.as_str());
         assert_eq!(claims["scope"], *scope, "{claims}");
