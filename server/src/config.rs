@@ -165,7 +165,7 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("tokens.introspection_cache_ttl", "1s"),
     ("tokens.purge_after", "1d"),
     ("tokens.purge_interval", "1m"),
-    ("tokens.preissue", "0"),
+    ("tokens.preissue", "64"),
     ("sessions.idle_timeout", "30m"),
     ("sessions.absolute_timeout", "12h"),
     ("refunds.four_eyes_threshold", ""),

@@ -18,6 +18,7 @@ use crate::support::{Backend, eventually};
 backend_tests!(
     held_tokens_are_fresh_distinct_and_of_the_scope_asked,
     revoking_every_token_of_a_client_reaches_tokens_held_ahead,
+    a_staff_change_to_the_client_empties_its_pool,
 );
 
 const TTL_S: i64 = 600;
@@ -184,23 +185,86 @@ async fn held_tokens_are_fresh_distinct_and_of_the_scope_asked(backend: Backend)
     );
 }
 
-/// `POST /admin/api/clients/{id}/tokens/revoke` as `staff_token` on the
-/// server at `admin`: the number of tokens it revoked.
-async fn revoke_all(admin: &str, staff_token: &str, client: &Client) -> i64 {
+/// `POST {admin}/admin/api/clients/{id}{action}` with `body` as
+/// `staff_token`; asserts 200 and returns the response.
+async fn staff_post(
+    admin: &str,
+    staff_token: &str,
+    client: &Client,
+    action: &str,
+    body: Value,
+) -> Value {
     let resp = reqwest::Client::new()
-        .post(format!(
-            "{admin}/admin/api/clients/{}/tokens/revoke",
-            client.id
-        ))
+        .post(format!("{admin}/admin/api/clients/{}{action}", client.id))
         .bearer_auth(staff_token)
-        .json(&json!({"reason": "client breach", "ticket_id": "SEC-42"}))
+        .json(&body)
         .send()
         .await
         .unwrap();
     let status = resp.status().as_u16();
     let body: Value = resp.json().await.unwrap();
     assert_eq!(status, 200, "{body}");
-    body["revoked"].as_i64().unwrap()
+    body
+}
+
+/// Revokes every token of `client` through the admin API on `admin`: the
+/// number of tokens it revoked.
+async fn revoke_all(admin: &str, staff_token: &str, client: &Client) -> i64 {
+    let why = json!({"reason": "client breach", "ticket_id": "SEC-42"});
+    staff_post(admin, staff_token, client, "/tokens/revoke", why).await["revoked"]
+        .as_i64()
+        .unwrap()
+}
+
+/// A staff update that takes a scope away, and a secret rotation, each
+/// empty the pool before they answer: no token held from before is handed
+/// out for a scope the client lost or to a caller with the old secret,
+/// and the client's next tokens (new scope, new secret) are live.
+async fn a_staff_change_to_the_client_empties_its_pool(backend: Backend) {
+    let oidc = Oidc::start_with(backend, &ENV).await;
+    let gw = gateway(&oidc).await;
+    let svc = service(&oidc).await;
+    let ui = oidc
+        .code_client("console", "openid", &["--first-party"])
+        .await;
+    let sec = staff(&oidc, &ui, "sec", &["security_admin"]).await;
+    let metrics = oidc.url("/metrics");
+    let admin = oidc.server.admin_url("");
+    let token_of = |body: &Value| body["access_token"].as_str().unwrap().to_string();
+
+    // Scope "api" taken away while tokens for it are held.
+    warm(&oidc.issuer, &svc, "api").await;
+    let discarded_before = scrape(&metrics, DISCARDED).await;
+    let held = scrape(&metrics, HELD).await;
+    let update = json!({
+        "redirect_uris": [],
+        "scopes": ["read", "write"],
+        "reason": "least privilege",
+        "ticket_id": "SEC-43",
+    });
+    staff_post(&admin, &sec.access_token, &svc, "", update).await;
+    assert_eq!(scrape(&metrics, HELD).await, 0.0, "update: pool emptied");
+    assert!(scrape(&metrics, DISCARDED).await - discarded_before >= held);
+    let refused = oidc.client_credentials(&svc, Some("api")).await;
+    refused.assert_error(400, "invalid_scope");
+    let read = issue(&oidc.http, &oidc.issuer, &svc, "read").await;
+    assert!(oidc.is_active(&gw, &token_of(&read)).await);
+
+    // Secret rotated while tokens for "read" are held.
+    warm(&oidc.issuer, &svc, "read").await;
+    let why = json!({"reason": "secret in a log", "ticket_id": "SEC-44"});
+    let rotated = staff_post(&admin, &sec.access_token, &svc, "/secret/rotate", why).await;
+    assert_eq!(scrape(&metrics, HELD).await, 0.0, "rotation: pool emptied");
+    oidc.client_credentials(&svc, Some("read"))
+        .await
+        .assert_error(401, "invalid_client");
+    let svc = Client {
+        secret: Some(rotated["client_secret"].as_str().unwrap().to_string()),
+        ..svc
+    };
+    let body = issue(&oidc.http, &oidc.issuer, &svc, "read").await;
+    assert_eq!(body["scope"], "read");
+    assert!(oidc.is_active(&gw, &token_of(&body)).await);
 }
 
 /// Incident response while the client is bursting: tokens stored ahead
