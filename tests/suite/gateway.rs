@@ -528,16 +528,7 @@ async fn revocation_reaches_the_other_replica_through_notify() {
     let gw = gateway(&a).await;
     let svc = service(&a).await;
     // Replica B: same database and keys, its own port.
-    let port = crate::oauth::flow::free_port();
-    let addr = format!("127.0.0.1:{port}");
-    let b = a
-        .env
-        .serve_with(&[
-            ("PORTCULLIS_HTTP_PUBLIC_ADDR", addr.as_str()),
-            ("PORTCULLIS_ISSUER", a.issuer.as_str()),
-            ttl[0],
-        ])
-        .await;
+    let b = a.replica(&ttl).await;
     let introspect_b = |token: String| {
         let b = &b;
         let gw = gw.clone();

@@ -372,19 +372,7 @@ async fn revoking_through_one_replica_empties_the_pool_of_the_other() {
     let svc = service(&a).await;
     let ui = a.code_client("console", "openid", &["--first-party"]).await;
     let sec = staff(&a, &ui, "sec", &["security_admin"]).await;
-    let port = crate::oauth::flow::free_port();
-    let addr = format!("127.0.0.1:{port}");
-    let b = a
-        .env
-        .serve_with(&[
-            ("PORTCULLIS_HTTP_PUBLIC_ADDR", addr.as_str()),
-            ("PORTCULLIS_ISSUER", a.issuer.as_str()),
-            ENV[0],
-            ENV[1],
-            ENV[2],
-            ENV[3],
-        ])
-        .await;
+    let b = a.replica(&ENV).await;
     let b_base = b.url("");
     let b_metrics = b.url("/metrics");
 

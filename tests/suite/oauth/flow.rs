@@ -524,6 +524,18 @@ impl Oidc {
         }
     }
 
+    /// A second server process on the same database and keys, with the
+    /// same issuer, on a port of its own (`extra_env` on top).
+    pub async fn replica(&self, extra_env: &[(&str, &str)]) -> Server {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let mut vars = vec![
+            ("PORTCULLIS_HTTP_PUBLIC_ADDR", addr.as_str()),
+            ("PORTCULLIS_ISSUER", self.issuer.as_str()),
+        ];
+        vars.extend_from_slice(extra_env);
+        self.env.serve_with(&vars).await
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.issuer)
     }
