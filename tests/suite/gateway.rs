@@ -7,7 +7,7 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 
 use crate::oauth::flow::{ClientAuth, Oidc};
-use crate::support::{Backend, eventually, raw_pool};
+use crate::support::{Backend, eventually, raw_pool, unix_now};
 
 backend_tests!(
     introspection_answers_inactive_for_every_dead_token,
@@ -18,6 +18,7 @@ backend_tests!(
     token_exchange_is_limited_to_registered_audiences,
     concurrent_client_credentials_tokens_are_each_stored,
     issuance_and_revocation_interleave,
+    pooled_token_batches_store_every_field_and_are_all_or_nothing,
 );
 
 const INACTIVE: &str = r#"{"active":false}"#;
@@ -304,10 +305,7 @@ async fn jwt_introspection_verifies_with_an_independent_library(backend: Backend
     );
     let forged = parts.join(".");
     let keys = portcullis::keys::load(&oidc.env.keys_dir()).unwrap();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
+    let now = unix_now();
     assert!(
         keys.verify(
             &forged,
@@ -927,4 +925,76 @@ pub fn standalone_token(
         session_created_at: None,
         session_last_seen_at: None,
     }
+}
+
+/// The pooled token writer (PostgreSQL: one JSON array per batch) stores
+/// every field as given, text with quotes and non-ASCII included; a batch
+/// is one statement, so a row that breaks a constraint takes the others
+/// down with it; a second row with the same hash is a conflict.
+async fn pooled_token_batches_store_every_field_and_are_all_or_nothing(backend: Backend) {
+    use portcullis::store::StoreError;
+    use portcullis::store::tokens::{find_access, insert_access_batch};
+
+    let oidc = Oidc::start(backend).await;
+    service(&oidc).await;
+    let store = oidc.env.store().await;
+    let now = unix_now();
+    let full = portcullis::tokens::AccessTokenRecord {
+        scope: "api read".into(),
+        audience: Some("payments \"eu\" ünï".into()),
+        auth_time: Some(now - 30),
+        amr: Some("pwd otp".into()),
+        acr: Some("urn:mace:incommon:iap:silver".into()),
+        ..standalone_token("svc", now, now + 600)
+    };
+    let plain = standalone_token("svc", now, now + 60);
+    insert_access_batch(&store, &[(&full, "hash-full"), (&plain, "hash-plain")])
+        .await
+        .unwrap();
+    for (want, hash) in [(&full, "hash-full"), (&plain, "hash-plain")] {
+        let got = find_access(&store, hash).await.unwrap().unwrap();
+        assert_eq!(
+            (&got.id, &got.client_id, &got.user_id, &got.session_id),
+            (&want.id, &want.client_id, &want.user_id, &want.session_id)
+        );
+        assert_eq!(
+            (&got.family_id, &got.scope, &got.audience, got.auth_time),
+            (&want.family_id, &want.scope, &want.audience, want.auth_time)
+        );
+        assert_eq!(
+            (
+                &got.amr,
+                &got.acr,
+                got.issued_at,
+                got.expires_at,
+                got.revoked_at
+            ),
+            (&want.amr, &want.acr, want.issued_at, want.expires_at, None)
+        );
+    }
+
+    let (good, orphan) = (
+        standalone_token("svc", now, now + 600),
+        standalone_token("no-such-client", now, now + 600),
+    );
+    let err = insert_access_batch(&store, &[(&good, "hash-good"), (&orphan, "hash-orphan")])
+        .await
+        .unwrap_err();
+    assert!(
+        !err.is_unavailable(),
+        "a broken row is not an outage: {err}"
+    );
+    assert!(
+        find_access(&store, "hash-good").await.unwrap().is_none(),
+        "the good row went down with the orphan"
+    );
+    let twin = standalone_token("svc", now, now + 600);
+    assert!(
+        matches!(
+            insert_access_batch(&store, &[(&twin, "hash-full")]).await,
+            Err(StoreError::Conflict(_))
+        ),
+        "a second row with the same hash"
+    );
+    store.close().await;
 }

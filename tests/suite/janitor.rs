@@ -7,7 +7,7 @@ use portcullis::tokens::janitor::{Purged, purge};
 
 use crate::gateway::{gateway, service, standalone_token};
 use crate::oauth::flow::{AuthRequest, Oidc, PASSWORD};
-use crate::support::{Backend, eventually, raw_pool};
+use crate::support::{Backend, eventually, raw_pool, unix_now};
 
 backend_tests!(
     purge_removes_only_what_nothing_can_use,
@@ -38,13 +38,6 @@ async fn counts(oidc: &Oidc) -> [i64; 5] {
     }
     pool.close().await;
     out
-}
-
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
 }
 
 async fn purge_removes_only_what_nothing_can_use(backend: Backend) {

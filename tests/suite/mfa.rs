@@ -14,7 +14,7 @@
 //! until enough of the current step is left (`settled_step`); that is a
 //! precondition, never a timing assertion.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -22,7 +22,7 @@ use serde_json::{Value, json};
 
 use crate::oauth::flow::{AuthRequest, Browser, Client, ClientAuth, Oidc, PASSWORD, Page};
 use crate::oauth::staff::{csrf_of, staff};
-use crate::support::Backend;
+use crate::support::{Backend, unix_ms};
 
 backend_tests!(
     totp_enrolment_shows_a_qr_code_and_activates_only_after_a_correct_code,
@@ -104,21 +104,14 @@ impl Pyotp {
     }
 }
 
-fn unix_ms() -> u128 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis()
-}
-
 /// The current TOTP step, once at least `margin` seconds of it are left
 /// (waits for the next step otherwise).
 async fn settled_step(margin: u64) -> i64 {
     loop {
         let now = unix_ms();
         let left = 30_000 - now % 30_000;
-        if left >= u128::from(margin) * 1000 {
-            return i64::try_from(now / 30_000).unwrap();
+        if left >= i64::try_from(margin).unwrap() * 1000 {
+            return now / 30_000;
         }
         tokio::time::sleep(Duration::from_millis(u64::try_from(left).unwrap() + 50)).await;
     }
@@ -127,7 +120,7 @@ async fn settled_step(margin: u64) -> i64 {
 /// Waits until the wall clock has entered a later second than `after`
 /// (unix seconds); `auth_time` has one-second resolution.
 async fn past_second(after: i64) {
-    while i64::try_from(unix_ms() / 1000).unwrap() <= after {
+    while unix_ms() / 1000 <= after {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

@@ -6,14 +6,14 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
 use crate::gateway::{gateway, introspect, service};
 use crate::oauth::flow::{Client, Oidc};
 use crate::oauth::staff::staff;
-use crate::support::{Backend, eventually};
+use crate::support::{Backend, eventually, unix_ms};
 
 backend_tests!(
     held_tokens_are_fresh_distinct_and_of_the_scope_asked,
@@ -35,13 +35,6 @@ const HITS: &str = "portcullis_token_preissue_hits_total";
 const PREISSUED: &str = "portcullis_token_preissued_total";
 const DISCARDED: &str = "portcullis_token_preissue_discarded_total";
 const ROWS: &str = "portcullis_token_batch_rows_total";
-
-fn unix_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
 
 /// One value from the `/metrics` page at `metrics_url` (any replica).
 async fn scrape(metrics_url: &str, name: &str) -> f64 {

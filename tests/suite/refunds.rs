@@ -25,7 +25,7 @@ use reqwest::header::HeaderMap;
 use serde_json::{Value, json};
 
 use crate::oauth::flow::{Client, Oidc};
-use crate::support::{Backend, eventually};
+use crate::support::{Backend, eventually, unix_now};
 
 backend_tests!(
     requests_validate_money_and_currency,
@@ -302,13 +302,6 @@ fn refund_body(payment_id: &str, amount: i64, currency: &str) -> Value {
 
 fn why(reason: &str) -> Value {
     json!({ "reason": reason, "ticket_id": "SUP-77" })
-}
-
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
 }
 
 fn ctx(user: &StaffMember) -> AuditContext {
@@ -1130,13 +1123,13 @@ async fn execution_refuses_bad_tokens_and_replays(backend: Backend) {
             .unwrap()
             .token
     };
-    d.execute(Some(&svc), &a_id, &mint("ledger", now()))
+    d.execute(Some(&svc), &a_id, &mint("ledger", unix_now()))
         .await
         .assert_error(403, &["payments service"]);
-    d.execute(Some(&svc), &a_id, &mint("payments", now() - 600))
+    d.execute(Some(&svc), &a_id, &mint("payments", unix_now() - 600))
         .await
         .assert_error(403, &["expired"]);
-    d.execute(Some(&svc), &a_id, &mint("payments", now()))
+    d.execute(Some(&svc), &a_id, &mint("payments", unix_now()))
         .await
         .assert_error(403, &["current approval"]);
 
@@ -1304,8 +1297,8 @@ async fn concurrent_approvals_exactly_one_wins(backend: Backend) {
     let id = id_of(&d.new_refund("alice", 1_000_000).await);
     let domain = Arc::new(d.domain().await);
     let approvers = [
-        d.member("bob", &["pwd", "otp"], Some(now())).await,
-        d.member("carol", &["pwd", "otp"], Some(now())).await,
+        d.member("bob", &["pwd", "otp"], Some(unix_now())).await,
+        d.member("carol", &["pwd", "otp"], Some(unix_now())).await,
     ];
     let mut tasks = Vec::new();
     for i in 0..20 {
@@ -1406,11 +1399,11 @@ async fn pending_requests_expire_after_restart(backend: Backend) {
 
     // A request past its window is expired by whoever touches it first, so
     // an approval that beats the job to it still finds it expired.
-    let clock = Arc::new(ManualClock::new(now() * 1000));
+    let clock = Arc::new(ManualClock::new(unix_now() * 1000));
     let domain = d.domain_with_clock(clock.clone()).await;
     let late = id_of(&d.new_refund("alice", 50_000).await);
     clock.advance(Duration::from_secs(3));
-    let bob = d.member("bob", &["pwd", "otp"], Some(now() + 3)).await;
+    let bob = d.member("bob", &["pwd", "otp"], Some(unix_now() + 3)).await;
     let e = domain
         .approve(&bob, &late, "x", None, &ctx(&bob))
         .await

@@ -417,6 +417,19 @@ impl Server {
     }
 }
 
+/// Wall-clock milliseconds since the Unix epoch.
+pub fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// Wall-clock seconds since the Unix epoch.
+pub fn unix_now() -> i64 {
+    unix_ms().div_euclid(1000)
+}
+
 /// Polls `check` until it returns true or `deadline` passes; for effects
 /// that are asynchronous by design (key reload), never for timing claims.
 pub async fn eventually<F, Fut>(deadline: Duration, mut check: F) -> bool

@@ -104,12 +104,7 @@ async fn jwks_lists_both_keys_and_rotation_keeps_the_old_kid(backend: Backend) {
     let set = portcullis::keys::load(&env.keys_dir()).unwrap();
     let config = portcullis::config::Config::defaults().unwrap();
     let retention = config.retired_key_retention();
-    let far = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-        + retention.as_secs() as i64
-        + 60;
+    let far = crate::support::unix_now() + retention.as_secs() as i64 + 60;
     let later = set.jwks(far, retention);
     let later_kids = kids(&later);
     assert_eq!(later_kids.len(), 2);

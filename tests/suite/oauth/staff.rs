@@ -20,10 +20,7 @@ pub fn totp_code(secret: &str, offset_steps: i64) -> String {
         .with_secret(totp_rs::Secret::try_from_base32(secret).unwrap())
         .build()
         .unwrap();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
+    let now = crate::support::unix_now();
     totp.generate((now + 30 * offset_steps) as u64).to_string()
 }
 
