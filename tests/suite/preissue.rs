@@ -209,20 +209,52 @@ async fn revoke_all(admin: &str, staff_token: &str, client: &Client) -> i64 {
         .unwrap()
 }
 
-/// A staff update that takes a scope away, and a secret rotation, each
-/// empty the pool before they answer: no token held from before is handed
-/// out for a scope the client lost or to a caller with the old secret,
-/// and the client's next tokens (new scope, new secret) are live.
-async fn a_staff_change_to_the_client_empties_its_pool(backend: Backend) {
+/// A server with pre-issue on, its gateway and service clients, a
+/// security admin's token, and where its metrics and admin API are.
+struct Desk {
+    oidc: Oidc,
+    gw: Client,
+    svc: Client,
+    sec: String,
+    metrics: String,
+    admin: String,
+}
+
+async fn desk(backend: Backend) -> Desk {
     let oidc = Oidc::start_with(backend, &ENV).await;
     let gw = gateway(&oidc).await;
     let svc = service(&oidc).await;
     let ui = oidc
         .code_client("console", "openid", &["--first-party"])
         .await;
-    let sec = staff(&oidc, &ui, "sec", &["security_admin"]).await;
+    let sec = staff(&oidc, &ui, "sec", &["security_admin"])
+        .await
+        .access_token;
     let metrics = oidc.url("/metrics");
     let admin = oidc.server.admin_url("");
+    Desk {
+        oidc,
+        gw,
+        svc,
+        sec,
+        metrics,
+        admin,
+    }
+}
+
+/// A staff update that takes a scope away, and a secret rotation, each
+/// empty the pool before they answer: no token held from before is handed
+/// out for a scope the client lost or to a caller with the old secret,
+/// and the client's next tokens (new scope, new secret) are live.
+async fn a_staff_change_to_the_client_empties_its_pool(backend: Backend) {
+    let Desk {
+        oidc,
+        gw,
+        svc,
+        sec,
+        metrics,
+        admin,
+    } = desk(backend).await;
     let token_of = |body: &Value| body["access_token"].as_str().unwrap().to_string();
 
     // Scope "api" taken away while tokens for it are held.
@@ -235,7 +267,7 @@ async fn a_staff_change_to_the_client_empties_its_pool(backend: Backend) {
         "reason": "least privilege",
         "ticket_id": "SEC-43",
     });
-    staff_post(&admin, &sec.access_token, &svc, "", update).await;
+    staff_post(&admin, &sec, &svc, "", update).await;
     assert_eq!(scrape(&metrics, HELD).await, 0.0, "update: pool emptied");
     assert!(scrape(&metrics, DISCARDED).await - discarded_before >= held);
     let refused = oidc.client_credentials(&svc, Some("api")).await;
@@ -246,7 +278,7 @@ async fn a_staff_change_to_the_client_empties_its_pool(backend: Backend) {
     // Secret rotated while tokens for "read" are held.
     warm(&oidc.issuer, &svc, "read").await;
     let why = json!({"reason": "secret in a log", "ticket_id": "SEC-44"});
-    let rotated = staff_post(&admin, &sec.access_token, &svc, "/secret/rotate", why).await;
+    let rotated = staff_post(&admin, &sec, &svc, "/secret/rotate", why).await;
     assert_eq!(scrape(&metrics, HELD).await, 0.0, "rotation: pool emptied");
     oidc.client_credentials(&svc, Some("read"))
         .await
@@ -266,18 +298,17 @@ async fn a_staff_change_to_the_client_empties_its_pool(backend: Backend) {
 /// gets a live token. Once quiet, the revocation empties the pool before it
 /// answers.
 async fn revoking_every_token_of_a_client_reaches_tokens_held_ahead(backend: Backend) {
-    let oidc = Oidc::start_with(backend, &ENV).await;
-    let gw = gateway(&oidc).await;
-    let svc = service(&oidc).await;
-    let ui = oidc
-        .code_client("console", "openid", &["--first-party"])
-        .await;
-    let sec = staff(&oidc, &ui, "sec", &["security_admin"]).await;
-    let metrics = oidc.url("/metrics");
-    let admin = oidc.server.admin_url("");
+    let Desk {
+        oidc,
+        gw,
+        svc,
+        sec,
+        metrics,
+        admin,
+    } = desk(backend).await;
 
     let (old, held) = warm(&oidc.issuer, &svc, "api").await;
-    let revoked = revoke_all(&admin, &sec.access_token, &svc).await;
+    let revoked = revoke_all(&admin, &sec, &svc).await;
     assert_eq!(
         scrape(&metrics, HELD).await,
         0.0,
@@ -320,7 +351,7 @@ async fn revoking_every_token_of_a_client_reaches_tokens_held_ahead(backend: Bac
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     let hits_before = scrape(&metrics, HITS).await;
-    revoke_all(&admin, &sec.access_token, &svc).await;
+    revoke_all(&admin, &sec, &svc).await;
     let answered = Instant::now();
     let hits_at_revocation = scrape(&metrics, HITS).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
