@@ -489,20 +489,7 @@ async fn postgres_connections_killed_while_idle_cost_no_request() {
     for _ in 0..8 {
         assert_eq!(issue().await.0, 200);
     }
-    let name = url::Url::parse(&oidc.env.database_url())
-        .unwrap()
-        .path()
-        .trim_start_matches('/')
-        .to_string();
-    let pool = raw_pool(&admin).await;
-    let (killed,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT COUNT(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-         WHERE datname = '{name}' AND pid <> pg_backend_pid()) AS t"
-    )))
-    .fetch_one(&pool)
-    .await
-    .unwrap();
-    pool.close().await;
+    let killed = oidc.env.terminate_backends(&admin, "true").await;
     assert!(killed > 0, "the server held no connection to kill");
     tokio::time::sleep(Duration::from_millis(800)).await;
 

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::gateway::{gateway, introspect, service};
-use crate::oauth::flow::{Client, Oidc};
+use crate::oauth::flow::{Client, Oidc, metric_at};
 use crate::oauth::staff::staff;
 use crate::support::{Backend, eventually, unix_ms};
 
@@ -38,18 +38,9 @@ const ROWS: &str = "portcullis_token_batch_rows_total";
 
 /// One value from the `/metrics` page at `metrics_url` (any replica).
 async fn scrape(metrics_url: &str, name: &str) -> f64 {
-    let text = reqwest::get(metrics_url)
+    metric_at(metrics_url, name)
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
         .unwrap_or_else(|| panic!("{name} missing from /metrics"))
-        .trim()
-        .parse()
-        .unwrap()
 }
 
 /// A client-credentials token for `scope` from the server at `base`;
@@ -426,4 +417,38 @@ async fn revoking_through_one_replica_empties_the_pool_of_the_other() {
             .await
     );
     b.stop().await;
+}
+
+/// The revocation listener's connection dies (a failover, a killed
+/// backend): until it listens again this replica could miss a client
+/// change made elsewhere, so it drops what it holds at once — with no
+/// request to it, since held tokens are only aged out by a request — and
+/// serves again once it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_the_revocation_listener_empties_the_pool() {
+    let Some(Backend::Postgres(admin)) = Backend::postgres() else {
+        return;
+    };
+    let oidc = Oidc::start_with(Backend::Postgres(admin.clone()), &ENV).await;
+    let gw = gateway(&oidc).await;
+    let svc = service(&oidc).await;
+    let metrics = oidc.url("/metrics");
+    let (_, held) = warm(&oidc.issuer, &svc, "api").await;
+    let discarded_before = scrape(&metrics, DISCARDED).await;
+
+    let killed = oidc
+        .env
+        .terminate_backends(&admin, "query ILIKE 'LISTEN%'")
+        .await;
+    assert_eq!(killed, 1, "one revocation listener per server");
+
+    let emptied = eventually(Duration::from_secs(10), || async {
+        scrape(&metrics, HELD).await == 0.0
+    })
+    .await;
+    assert!(emptied, "tokens still held after the listener was lost");
+    assert!(scrape(&metrics, DISCARDED).await - discarded_before >= held);
+    // Listening again (the listener reconnects): the pool fills again.
+    let (fresh, _) = warm(&oidc.issuer, &svc, "api").await;
+    assert!(oidc.is_active(&gw, fresh.last().unwrap()).await);
 }

@@ -107,6 +107,28 @@ impl TestEnv {
     }
 
     /// The URL the binary and the library see.
+    /// Terminates, as `admin` (a server URL without a database), the
+    /// backends connected to this environment's PostgreSQL database that
+    /// match the SQL condition `filter` on `pg_stat_activity`, as a
+    /// failover or an operator would; how many.
+    pub async fn terminate_backends(&self, admin: &str, filter: &str) -> i64 {
+        let name = url::Url::parse(&self.database_url())
+            .unwrap()
+            .path()
+            .trim_start_matches('/')
+            .to_string();
+        let pool = raw_pool(admin).await;
+        let (killed,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT COUNT(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = '{name}' AND pid <> pg_backend_pid() AND ({filter})) AS t"
+        )))
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        pool.close().await;
+        killed
+    }
+
     pub fn database_url(&self) -> String {
         match &self.db_url {
             Some(u) => u.clone(),

@@ -486,6 +486,20 @@ fn unescape(s: &str) -> String {
 }
 
 /// A free TCP port on 127.0.0.1 (bound, read, released).
+/// One unlabelled value from the `/metrics` page at `metrics_url` (any
+/// server, a replica too), if it exports it.
+pub async fn metric_at(metrics_url: &str, name: &str) -> Option<f64> {
+    let text = reqwest::get(metrics_url)
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .map(|v| v.trim().parse().unwrap())
+}
+
 pub fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap().port()
@@ -542,18 +556,7 @@ impl Oidc {
 
     /// One unlabelled value from `/metrics`, if the server exports it.
     pub async fn metric(&self, name: &str) -> Option<f64> {
-        let text = self
-            .http
-            .get(self.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        text.lines()
-            .find_map(|l| l.strip_prefix(&format!("{name} ")))
-            .map(|v| v.trim().parse().unwrap())
+        metric_at(&self.url("/metrics"), name).await
     }
 
     /// `active` at `/introspect`, asked by the gateway client `gw`.
